@@ -1,0 +1,45 @@
+// Argument checks of the DRS operators, shared by the CPU and CUDA kernels.
+// Every message names the operator and the argument at fault.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace wsss_fast {
+
+// x: (N, C, H, W) floating; H * W > 0 unless the tensor is empty in N or C.
+// gate (when not null): (N, C), same dtype and device as x.
+inline void check_drs_inputs(const at::Tensor& x, const at::Tensor* gate,
+                             const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be a 4-D (N, C, H, W) tensor, got shape ",
+              x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": x must be a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) * x.size(1) == 0 || x.size(2) * x.size(3) > 0, op,
+              ": x must have H > 0 and W > 0 (the plane max is undefined), got shape ",
+              x.sizes());
+  if (gate == nullptr) return;
+  TORCH_CHECK(gate->dim() == 2 && gate->size(0) == x.size(0) &&
+                  gate->size(1) == x.size(1),
+              op, ": gate must have shape (N, C) = (", x.size(0), ", ", x.size(1),
+              "), got ", gate->sizes());
+  TORCH_CHECK(gate->scalar_type() == x.scalar_type(), op,
+              ": gate must have the dtype of x (", x.scalar_type(), "), got ",
+              gate->scalar_type());
+  TORCH_CHECK(gate->device() == x.device(), op,
+              ": gate must be on the device of x (", x.device(), "), got ",
+              gate->device());
+}
+
+// grad_out: the shape, dtype and device of x.
+inline void check_drs_grad(const at::Tensor& grad_out, const at::Tensor& x,
+                           const char* op) {
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op,
+              ": grad_out must have the shape of x (", x.sizes(), "), got ",
+              grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() &&
+                  grad_out.device() == x.device(),
+              op, ": grad_out must have the dtype and device of x");
+}
+
+}  // namespace wsss_fast
