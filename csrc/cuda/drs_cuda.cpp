@@ -2,7 +2,7 @@
 // current stream, and the launchers of drs_kernels.cu.
 
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -57,7 +57,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor* gate, double delta, co
                                  static_cast<float>(delta), out.mutable_data_ptr(),
                                  x.size(0) * x.size(1), x.size(2) * x.size(3),
                                  ws.mutable_data_ptr(), x.get_device(),
-                                 at::cuda::getCurrentCUDAStream()),
+                                 c10::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }
@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
                                   gate ? grad_gate.mutable_data_ptr() : nullptr,
                                   x.size(0) * x.size(1), x.size(2) * x.size(3),
                                   ws.mutable_data_ptr(), x.get_device(),
-                                  at::cuda::getCurrentCUDAStream()),
+                                  c10::cuda::getCurrentCUDAStream()),
                op);
   return {grad_x, grad_gate};
 }

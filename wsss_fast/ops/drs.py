@@ -37,8 +37,6 @@ def drs(x: torch.Tensor, gate: torch.Tensor | float) -> torch.Tensor:
         A NaN in a plane makes that output plane NaN, as in the reference.
     """
     _check(x, gate)
-    if x.numel() == 0:
-        return torch.relu(x)
     op = "drs" if isinstance(gate, torch.Tensor) else "drs_delta"
     if not _backend.use_kernel(op, x.device.type):
         return reference(x, gate)

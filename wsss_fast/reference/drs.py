@@ -14,6 +14,7 @@ def drs(x: torch.Tensor, gate: torch.Tensor | float) -> torch.Tensor:
     split the gradient 1/2-1/2, the max's gradient goes to the first argmax.
     """
     r = F.relu(x)
-    m = F.adaptive_max_pool2d(r, 1)
-    t = m * (gate[:, :, None, None] if isinstance(gate, torch.Tensor) else gate)
-    return torch.min(r, t)
+    g = gate[:, :, None, None] if isinstance(gate, torch.Tensor) else gate
+    if x.numel() == 0:  # adaptive_max_pool2d rejects C = 0; the result is empty
+        return r * g
+    return torch.min(r, F.adaptive_max_pool2d(r, 1) * g)
