@@ -1,0 +1,29 @@
+# wsss-fast: set up, test, benchmark. Every target installs what it needs first.
+PYTHON ?= python3
+# The CPU wheel of torch that this kind of machine installs from a local file;
+# a host that already has torch (e.g. a CUDA build) keeps its own.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install test demo bench check-cuda clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
+	$(PYTHON) -m pip install -q setuptools wheel ninja
+	# --no-build-isolation: build against the torch installed here (see README)
+	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test]"
+	@$(PYTHON) -c "import wsss_fast, json; print(json.dumps(wsss_fast.backend_info()))"
+
+test: install
+	$(PYTHON) -m pytest -q
+
+demo: install
+	$(PYTHON) benchmarks/bench_drs.py
+
+bench: install
+	$(PYTHON) benchmarks/bench_drs.py
+
+check-cuda:
+	$(PYTHON) scripts/check_cuda_compile.py
+
+clean:
+	rm -rf build *.egg-info wsss_fast/_C*.so
