@@ -9,7 +9,7 @@
 
 #include <limits>
 
-#include "../drs_checks.h"
+#include "../drs_common.h"
 #include "drs_kernels.h"
 
 namespace wsss_fast {
@@ -87,32 +87,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   return {grad_x, grad_gate};
 }
 
-at::Tensor drs_cuda(const at::Tensor& x, const at::Tensor& gate) {
-  return forward(x, &gate, 0.0, "drs");
-}
-
-at::Tensor drs_delta_cuda(const at::Tensor& x, double delta) {
-  return forward(x, nullptr, delta, "drs_delta");
-}
-
-std::tuple<at::Tensor, at::Tensor> drs_backward_cuda(const at::Tensor& grad_out,
-                                                     const at::Tensor& x,
-                                                     const at::Tensor& gate) {
-  return backward(grad_out, x, &gate, 0.0, "drs_backward");
-}
-
-at::Tensor drs_delta_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                   double delta) {
-  return std::get<0>(backward(grad_out, x, nullptr, delta, "drs_delta_backward"));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wsss_fast, CUDA, m) {
-  m.impl("drs", &drs_cuda);
-  m.impl("drs_delta", &drs_delta_cuda);
-  m.impl("drs_backward", &drs_backward_cuda);
-  m.impl("drs_delta_backward", &drs_delta_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(wsss_fast, CUDA, m) { register_drs_impls<forward, backward>(m); }
 
 }  // namespace wsss_fast

@@ -1,9 +1,13 @@
-// Argument checks of the DRS operators, shared by the CPU and CUDA kernels.
-// Every message names the operator and the argument at fault.
+// What the CPU and CUDA sides of the DRS operators share: the argument checks
+// (every message names the operator and the argument at fault) and the four
+// registered entry points, written once over a device's forward and backward.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <tuple>
 
 namespace wsss_fast {
 
@@ -40,6 +44,30 @@ inline void check_drs_grad(const at::Tensor& grad_out, const at::Tensor& x,
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() &&
                   grad_out.device() == x.device(),
               op, ": grad_out must have the dtype and device of x");
+}
+
+// A device's implementation: forward(x, gate or null, delta, op name) -> out and
+// backward(grad_out, x, gate or null, delta, op name) -> (grad_x, grad_gate,
+// undefined without a gate).
+using DrsForward = at::Tensor (*)(const at::Tensor&, const at::Tensor*, double, const char*);
+using DrsBackward = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&, const at::Tensor&,
+                                                         const at::Tensor*, double, const char*);
+
+// Registers drs, drs_delta, drs_backward and drs_delta_backward for one device.
+template <DrsForward Forward, DrsBackward Backward>
+void register_drs_impls(torch::Library& m) {
+  m.impl("drs", +[](const at::Tensor& x, const at::Tensor& gate) {
+    return Forward(x, &gate, 0.0, "drs");
+  });
+  m.impl("drs_delta", +[](const at::Tensor& x, double delta) {
+    return Forward(x, nullptr, delta, "drs_delta");
+  });
+  m.impl("drs_backward", +[](const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate) {
+    return Backward(grad_out, x, &gate, 0.0, "drs_backward");
+  });
+  m.impl("drs_delta_backward", +[](const at::Tensor& grad_out, const at::Tensor& x, double delta) {
+    return std::get<0>(Backward(grad_out, x, nullptr, delta, "drs_delta_backward"));
+  });
 }
 
 }  // namespace wsss_fast
