@@ -201,6 +201,18 @@ def test_random_walk_few_steps(n_steps, beta, border):
     assert not torch.allclose(out, cam)  # the walk moved something
 
 
+@pytest.mark.parametrize("batch, channels", [(1, 1), (1, 3), (2, 21)])
+def test_random_walk_both_cpu_parallel_paths(batch, channels):
+    """The CPU kernel steps rows in parallel (a barrier per step) when there
+    are fewer than 2 (image, channel) planes per thread, else whole planes
+    without barriers: (1, 1) takes the first path, (2, 21) the second (up to
+    21 threads)."""
+    shape = (batch, channels, 19, 22)
+    cam, aff = make_inputs(*shape, 5, torch.float64, seed=9)
+    out = ops.random_walk(cam, aff, 5, n_steps=40, border="psa")
+    assert rel_err(out, dense_truth(shape, 5, 8.0, 40, "psa", 9)) <= 1e-12
+
+
 def test_random_walk_zero_steps_is_a_copy():
     cam, aff = make_inputs(2, 3, 6, 7, 5, torch.float32)
     out = ops.random_walk(cam, aff, 5, n_steps=0)
