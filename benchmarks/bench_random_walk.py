@@ -12,8 +12,11 @@ Each contender runs in a fresh subprocess. Peak memory on CPU is the growth
 of the process's resident set during one call: the kernel's high-water mark
 (VmHWM) is reset through /proc/self/clear_refs just before the call and read
 after it, minus the resident set before it (torch's own allocations included,
-nothing else in the process allocates meanwhile). On CUDA it is
-torch.cuda.max_memory_allocated growth.
+nothing else in the process allocates meanwhile). Small allocations can
+reuse heap pages already resident, so peaks of a few MiB are lower bounds;
+the sparse kernel's records also give the bytes its buffers take
+(kernel_buffers_mib: weights, two padded state buffers, output). On CUDA it
+is torch.cuda.max_memory_allocated growth.
 
 The dense walk at IRN's size takes ~4.5 min on this 2-core machine (one
 squaring is 3.2 TFLOP), so on CPU it is estimated: the matrix construction and
@@ -154,6 +157,17 @@ def run_child(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def kernel_buffer_bytes(h: int, w: int) -> int:
+    """Bytes the CPU sparse kernel allocates for B = 1: (2P + 1) x H x Wv
+    weights, two C x (H + 2m) x (Wv + 2m) state buffers (m = radius - 1, Wv = W
+    rounded up to 4 floats) and the C x H x W output, float32."""
+    from wsss_fast.pairs import pair_count
+
+    m, wv = RADIUS - 1, -(-w // 4) * 4
+    s = 2 * pair_count(RADIUS) + 1
+    return 4 * (s * h * wv + 2 * CHANNELS * (h + 2 * m) * (wv + 2 * m) + CHANNELS * h * w)
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / |b| over the elements (the maps are positive)."""
     return ((a.double() - b.double()).abs() / b.double().abs()).max().item()
@@ -197,6 +211,8 @@ def main() -> None:
                             estimated=res["estimated"], peak_bytes=res["peak_bytes"],
                             peak_mib=res["peak_bytes"] / 2**20,
                             **{k: res[k] for k in ("build_ms", "square_ms") if k in res}))
+        if contender == "sparse_kernel" and device.type == "cpu":
+            records[-1]["kernel_buffers_mib"] = kernel_buffer_bytes(h, w) / 2**20
     shutil.rmtree(tmp, ignore_errors=True)
 
     # Accuracy: float32 contenders against each other and against float64 truth.
@@ -246,7 +262,7 @@ def main() -> None:
     largest["sparse_kernel_peak_mib"] = big["peak_bytes"] / 2**20
 
     print_table(records, ["grid", "n", "contender", "median_ms", "min_ms", "reps", "estimated",
-                          "peak_mib", "speedup_vs_dense"])
+                          "peak_mib", "kernel_buffers_mib", "speedup_vs_dense"])
     print("accuracy (max elementwise relative difference):", json.dumps(accuracy, indent=1))
     print("speedup of the sparse kernel over the dense matrix power:",
           {k: round(v, 1) for k, v in speedups.items()})

@@ -20,8 +20,9 @@
 //    row, channel group), ping-ponging the buffers between steps.
 // The first is the default for PSA's 21 channels: 256 barriers per call cost
 // up to 2 s (instead of 40 ms) on a 2-core machine whose cores other
-// processes share, each barrier waiting for a descheduled thread. Work: O(n_steps * B * C * H * W * (2P + 1)); memory: O(B * (C
-// + S) * H * W), no N x N matrix.
+// processes share, each barrier waiting for a descheduled thread.
+// Work: O(n_steps * B * C * H * W * (2P + 1)); memory: O(B * (C + S) * H * W),
+// no N x N matrix.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -210,7 +211,9 @@ void random_walk_kernel(const T* cam, const T* aff, T* out, const Geometry& g, d
       walk_planes(w.data(), bufs, off, g, n_steps, begin, end);
     });
   } else {
-    for (int64_t t = 0; t < n_steps; ++t) step_rows(w.data(), bufs[t % 2], bufs[(t + 1) % 2], off, g);
+    for (int64_t t = 0; t < n_steps; ++t) {
+      step_rows(w.data(), bufs[t % 2], bufs[(t + 1) % 2], off, g);
+    }
   }
   copy_rows(buf[n_steps % 2].data(), out, g, false);
 }
