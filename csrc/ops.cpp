@@ -33,6 +33,16 @@ TORCH_LIBRARY(wsss_fast, m) {
   m.def("drs_backward(Tensor grad_out, Tensor x, Tensor gate) -> (Tensor, Tensor)");
   // Gradient of drs_delta for x.
   m.def("drs_delta_backward(Tensor grad_out, Tensor x, float delta) -> Tensor");
+
+  // AffinityNet affinities: features (B, D, H, W) -> (B, P, H, W),
+  // exp(-mean_d |f(y, x) - f(y + dy, x + dx)|) for the P forward offsets of the
+  // radius (wsss_fast.ops.pair_offsets), 0 where the target is outside.
+  m.def("affinity(Tensor features, int radius) -> Tensor");
+  // Gradient of affinity for features; out is affinity's output.
+  m.def("affinity_backward(Tensor grad_out, Tensor features, Tensor out, int radius) -> Tensor");
+  // PSA's random walk as n_steps stencil steps: cam (B, C, H, W) @ T^n_steps per
+  // image, T from aff (B, P, H, W) ** beta; border "all" or "psa".
+  m.def("random_walk(Tensor cam, Tensor aff, int radius, float beta, int n_steps, str border) -> Tensor");
 }
 
 namespace {

@@ -1,5 +1,7 @@
 """The wsss_fast operators. Each has a compiled CPU kernel, a CUDA kernel and a
 pure-PyTorch reference (:mod:`wsss_fast.reference`) it falls back to."""
+from .affinity import affinity, pair_offsets
 from .drs import drs
+from .random_walk import random_walk
 
-__all__ = ["drs"]
+__all__ = ["affinity", "drs", "pair_offsets", "random_walk"]
