@@ -19,42 +19,19 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "../drs_common.h"
+#include "vec.h"
 
 namespace wsss_fast {
 namespace {
 
-// Explicit SIMD through the GCC/Clang vector extension: 32-byte vectors (two
-// SSE registers on baseline x86-64, one AVX register where enabled).
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(16)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(16)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kLanes = 16 / sizeof(T);
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+using simd::kLanes;
+using simd::load;
+using simd::store;
+using simd::Vec;
 
 // Max of relu(x) over one plane; NaN if the plane holds a NaN.
 template <typename T>

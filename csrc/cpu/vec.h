@@ -1,7 +1,6 @@
 // 16-byte SIMD vectors through the GCC/Clang vector extension, for the CPU
-// kernels of the affinity and random-walk operators (the same choice as
-// drs_cpu.cpp: 32-byte vectors measured 2x slower on the baseline x86-64
-// build). Templates reach the vector type through the VecOf struct.
+// kernels (32-byte vectors measured 2x slower on the baseline x86-64 build of
+// the DRS kernel). Templates reach the vector type through the VecOf struct.
 #pragma once
 
 #include <cstdint>
