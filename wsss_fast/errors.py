@@ -11,3 +11,7 @@ class WsssFastError(Exception):
 
 class DataError(WsssFastError):
     """A file is missing, unreadable or holds values outside what is allowed."""
+
+
+class UsageError(WsssFastError):
+    """Arguments that are each valid but cannot work together."""
