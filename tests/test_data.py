@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from wsss_fast.data import (CorruptImageError, CorruptImageWarning, VOCRoot, VOCSegmentation,
-                            collate_skip_none, labels_from_mask, load_cls_labels, make_demo_data)
+                            bundled_split, collate_skip_none, labels_from_mask, load_cls_labels, make_demo_data)
 from wsss_fast.data.demo import ASSET_PATH, CLASS_NAMES, LICENSE_PATH, load_items
 from wsss_fast.errors import DataError
 from wsss_fast.palette import VOC_CLASSES
@@ -74,6 +74,25 @@ def test_image_labels_are_derived_and_cached_as_cls_labels_npy(voc_tree):
     assert np.flatnonzero(voc.image_labels(["2007_000039"])["2007_000039"]).tolist() == [19]
 
 
+def test_bundled_voc_split_lists():
+    train, val, train_aug = (bundled_split(s) for s in ("train", "val", "train_aug"))
+    assert (len(train), len(val), len(train_aug)) == (1464, 1449, 10582)  # SPEC.md
+    for names in (train, val, train_aug):
+        assert names == sorted(set(names))
+        assert all(len(n) == 11 and n[4] == "_" and n.replace("_", "").isdigit() for n in names)
+    assert set(train) <= set(train_aug) and not set(val) & set(train_aug)
+    assert train_aug[0] == "2007_000032" and val[0] == "2007_000033"
+
+
+def test_split_falls_back_to_the_bundled_lists_for_a_voc_root(voc_tree, tmp_path):
+    voc = VOCRoot(voc_tree)
+    assert voc.split("train") == NAMES  # the root's own list wins
+    assert len(voc.split("train_aug")) == 10582
+    irn = tmp_path / "irn_style.txt"
+    irn.write_text("2007000032\n2008000002\n")
+    assert voc.split(irn) == ["2007_000032", "2008_000002"]
+
+
 def test_cls_labels_with_irn_integer_keys(tmp_path):
     np.save(tmp_path / "cls_labels.npy", {2007000032: np.eye(20)[3]})
     assert np.flatnonzero(load_cls_labels(tmp_path / "cls_labels.npy")["2007_000032"]).tolist() == [3]
@@ -92,8 +111,8 @@ def test_missing_files_are_reported_by_name_and_directory(voc_tree):
         VOCSegmentation(voc, "train")
     with pytest.raises(DataError, match=r"missing mask 'nope.png' in .*SegmentationClass"):
         voc.mask_path("nope")
-    with pytest.raises(DataError, match=r"missing split list 'val.txt' in .*Segmentation"):
-        voc.split("val")
+    with pytest.raises(DataError, match=r"missing split list 'test.txt' in .*Segmentation"):
+        voc.split("test")
     with pytest.raises(DataError, match="no JPEGImages"):
         VOCRoot(voc_tree / "SegmentationClass")
 

@@ -7,8 +7,9 @@ inference; ``make_demo_data`` writes the demo dataset.
 """
 from .dataset import CorruptImageWarning, VOCSegmentation, collate_skip_none
 from .demo import make_demo_data
-from .voc import CorruptImageError, VOCRoot, labels_from_mask, load_cls_labels, parse_split_list
+from .voc import (CorruptImageError, VOCRoot, bundled_split, labels_from_mask, load_cls_labels,
+                  parse_split_list)
 
 __all__ = ["CorruptImageError", "CorruptImageWarning", "VOCRoot", "VOCSegmentation",
-           "collate_skip_none", "labels_from_mask", "load_cls_labels", "make_demo_data",
+           "bundled_split", "collate_skip_none", "labels_from_mask", "load_cls_labels", "make_demo_data",
            "parse_split_list"]

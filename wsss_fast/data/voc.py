@@ -7,7 +7,10 @@ accepted too)::
     SegmentationClass/<name>.png        VOC masks (palette PNG, 255 void band)
     SegmentationClassAug/<name>.png     optional SBD-converted masks (palette
                                         or index PNG), for train_aug
-    ImageSets/Segmentation/<split>.txt  split lists, one name per line
+    ImageSets/Segmentation/<split>.txt  split lists, one name per line (VOC's
+                                        train, val and the train_aug list of
+                                        the references ship with wsss_fast,
+                                        see data/splits/README.md)
     cls_labels.npy                      image-level labels cache (written here)
     class_names.txt                     optional: one class name per line,
                                         background first (default: VOC's 21)
@@ -19,7 +22,9 @@ as a float32 multi-hot over the C object classes; they are cached in
 """
 from __future__ import annotations
 
+import gzip
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,6 +37,8 @@ from ..palette import VOC_CLASSES, VOID
 from ..storage import load_label_png, save_npy_atomic
 
 MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
+BUNDLED_SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+BUNDLED_SPLITS = ("train", "val", "train_aug")
 CLS_LABELS_FILE = "cls_labels.npy"
 CLASS_NAMES_FILE = "class_names.txt"
 
@@ -75,18 +82,30 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {_name_from_key(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
 
 
+def _split_name(token: str) -> str:
+    """A name as the VOC files spell it, from a bare name, a reference-code
+    path (``/JPEGImages/<name>.jpg``) or IRN's digits-only form (2007000032)."""
+    name = Path(token).stem
+    return f"{name[:4]}_{name[4:]}" if re.fullmatch(r"\d{10}", name) else name
+
+
 def parse_split_list(path: str | os.PathLike) -> list[str]:
-    """Names in a split list file: one per line, either a bare name or the
-    reference code's ``/JPEGImages/<name>.jpg /SegmentationClassAug/<name>.png``."""
+    """Names in a split list file (plain or .gz): one per line, either a bare
+    name, IRN's digits-only name, or PSA's ``/JPEGImages/<name>.jpg
+    /SegmentationClassAug/<name>.png``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing split list '{path.name}' in {path.parent}")
-    names = []
-    for line in path.read_text().splitlines():
-        token = line.strip().split(" ")[0] if line.strip() else ""
-        if token:
-            names.append(Path(token).stem)
-    return names
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [_split_name(line.split()[0]) for line in raw.decode().splitlines() if line.strip()]
+
+
+def bundled_split(split: str) -> list[str]:
+    """VOC 2012 train (1464), val (1449) or train_aug (10582) names, as shipped
+    with wsss_fast (see data/splits/README.md)."""
+    if split not in BUNDLED_SPLITS:
+        raise ValueError(f"bundled splits are {BUNDLED_SPLITS}, got {split!r}")
+    return parse_split_list(BUNDLED_SPLITS_DIR / f"voc12_{split}.txt.gz")
 
 
 class VOCRoot:
@@ -122,10 +141,18 @@ class VOCRoot:
         return len(self.class_names) - 1
 
     def split(self, split: str | os.PathLike) -> list[str]:
-        """Image names of a split: a name looked up as
-        ``ImageSets/Segmentation/<split>.txt``, or a path to a list file."""
+        """Image names of a split: a path to a list file, or a name looked up as
+        ``ImageSets/Segmentation/<split>.txt`` and, for a VOC root (no
+        class_names.txt) without that file, in the lists bundled with
+        wsss_fast (train, val, train_aug)."""
         candidate = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        path = candidate if candidate.is_file() or not Path(split).is_file() else Path(split)
+        if not candidate.is_file() and Path(split).is_file():
+            path = Path(split)
+        elif (not candidate.is_file() and split in BUNDLED_SPLITS
+              and self.class_names == VOC_CLASSES):
+            path = BUNDLED_SPLITS_DIR / f"voc12_{split}.txt.gz"
+        else:
+            path = candidate
         names = parse_split_list(path)
         if not names:
             raise DataError(f"split list {path} is empty")
