@@ -253,6 +253,22 @@ def _loaded(names: Sequence[str], load: Callable[[str], object], desc: str,
 
 
 @contextlib.contextmanager
+def _one_torch_thread(device: torch.device | str) -> Iterator[None]:
+    """On CPU, counts with one torch thread: the per-image ops are small, and
+    intra-op threads only contend with the decoding threads (measured 0.7 ms
+    instead of 12 ms per 128 px image on 2 busy cores)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _about(name: str) -> Iterator[None]:
     """Turns a ValueError about one image's values into a DataError naming it."""
     try:
@@ -274,9 +290,10 @@ def evaluate_label_dirs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, 
         return (load_label_png(Path(pred_dir) / f"{name}.png"),
                 load_label_png(Path(gt_dir) / f"{name}.png"))
 
-    for name, (pred, gt) in _loaded(names, load, "eval", progress):
-        with _about(name):
-            confusion.update(pred, gt)
+    with _one_torch_thread(device):
+        for name, (pred, gt) in _loaded(names, load, "eval", progress):
+            with _about(name):
+                confusion.update(pred, gt)
     return confusion.scores()
 
 
@@ -291,9 +308,10 @@ def evaluate_cam_dir(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_
     def load(name):
         return load_scores(Path(cam_dir) / f"{name}.npz"), load_label_png(Path(gt_dir) / f"{name}.png")
 
-    for name, (scores, gt) in _loaded(names, load, "eval-cam", progress):
-        with _about(name):
-            sweep.update(scores, gt)
+    with _one_torch_thread(device):
+        for name, (scores, gt) in _loaded(names, load, "eval-cam", progress):
+            with _about(name):
+                sweep.update(scores, gt)
     return sweep
 
 
