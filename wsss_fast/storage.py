@@ -13,9 +13,10 @@ only the channels of the classes present in the image::
                              q / 255 * scale[k]
     scale     float32 (K,)   per-channel maximum (only with "uint8")
 
-A 500 x 375 VOC image with two classes takes about 0.1-0.4 MB as float16 and
-a third of that quantised, instead of the 21 float32 maps (15.8 MB) or float
-dicts of the reference code. K may be 0 (no class present).
+Two classes on a 500 x 375 VOC image take about 0.5-0.6 MB as float16 and
+0.05-0.3 MB quantised (measured on smooth and on upsampled-noise maps),
+instead of 15.8 MB for 21 float32 maps or the float dicts of the reference
+code. K may be 0 (no class present).
 
 Label maps: ``<name>.png``, uint8 class indices in a palette PNG with the VOC
 palette (see :mod:`wsss_fast.palette`); 255 is void.
