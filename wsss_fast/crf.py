@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import WsssFastError
+from .parallel import ordered_map
 
 PROB_FLOOR = 1e-5
 
@@ -137,14 +137,8 @@ def imap_dense_crf(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: str |
             return
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
         try:
-            pending: deque = deque()  # at most 2 tasks per worker in flight: bounded memory
-            for task in tasks:
-                pending.append(pool.submit(_job, task))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-                    bar.update()
-            while pending:
-                yield pending.popleft().result()
+            for result in ordered_map(pool, _job, tasks, ahead=2 * workers):
+                yield result
                 bar.update()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .errors import DataError
 from .palette import VOC_CLASSES, VOID
+from .parallel import ordered_map
 from .storage import ScoreMap, load_label_png, load_scores
 
 REFERENCE_THRESHOLDS = (0.15, 0.2, 0.25)  # SC-CAM / IRN CAMs, PSA, IRN after random walk
@@ -245,10 +246,12 @@ def names_in(directory: str | os.PathLike, suffix: str) -> list[str]:
 
 def _loaded(names: Sequence[str], load: Callable[[str], object], desc: str,
             progress: bool) -> Iterator[tuple[str, object]]:
-    """(name, load(name)) in order, decoded by a few threads ahead of use."""
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = pool.map(load, names)
-        yield from zip(names, tqdm(results, total=len(names), desc=desc, unit="img",
+    """(name, load(name)) in order, decoded by a few threads at most a few
+    images ahead of use (bounded memory on splits of any size)."""
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        loaded = ordered_map(pool, load, names, ahead=2 * workers)
+        yield from zip(names, tqdm(loaded, total=len(names), desc=desc, unit="img",
                                    disable=not progress))
 
 
