@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from .errors import DataError
-from .palette import VOC_CLASSES, VOID
+from .data.voc import CLASS_NAMES_FILE, read_class_names
+from .palette import VOID
 from .parallel import ordered_map
 from .storage import ScoreMap, load_label_png, load_scores
 
@@ -319,18 +320,17 @@ def evaluate_cam_dir(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_
 
 
 def class_names_for(gt_dir: str | os.PathLike, num_classes: int | None) -> tuple[str, ...]:
-    """Class names of a ground-truth folder: ``class_names.txt`` beside it (a
-    VOC root's), else VOC's 21 names, else ``class<i>``; ``num_classes``
-    (when given) must agree with a class_names.txt."""
-    names_file = Path(gt_dir).resolve().parent / "class_names.txt"
-    if names_file.is_file():
-        names = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
-        if num_classes is not None and num_classes != len(names):
-            raise DataError(f"--num-classes {num_classes} but {names_file} lists {len(names)} classes")
+    """Class names of a ground-truth folder: those of the VOC-style root it
+    sits in (its ``class_names.txt``, else VOC's 21), unless ``num_classes``
+    says otherwise, in which case a root with a class_names.txt is an error
+    and other names are ``class<i>``."""
+    root = Path(gt_dir).resolve().parent
+    names = read_class_names(root)
+    if num_classes is None or num_classes == len(names):
         return names
-    num_classes = len(VOC_CLASSES) if num_classes is None else num_classes
-    if num_classes == len(VOC_CLASSES):
-        return VOC_CLASSES
+    if (root / CLASS_NAMES_FILE).is_file():
+        raise DataError(f"--num-classes {num_classes} but {root / CLASS_NAMES_FILE} lists "
+                        f"{len(names)} classes")
     return ("background",) + tuple(f"class{i}" for i in range(1, num_classes))
 
 

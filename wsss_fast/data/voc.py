@@ -108,6 +108,18 @@ def bundled_split(split: str) -> list[str]:
     return parse_split_list(BUNDLED_SPLITS_DIR / f"voc12_{split}.txt.gz")
 
 
+def read_class_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """Class names of a VOC-style root, background first: its
+    ``class_names.txt`` (one per line) if it has one, else VOC's 21."""
+    names_file = Path(root) / CLASS_NAMES_FILE
+    if not names_file.is_file():
+        return VOC_CLASSES
+    names = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
+    if len(names) < 2:
+        raise DataError(f"{names_file} must list background and at least one class")
+    return names
+
+
 class VOCRoot:
     """Paths, split lists, images, masks and image-level labels of a VOC-style root.
 
@@ -127,13 +139,7 @@ class VOCRoot:
         self.root = root
         self.image_dir = root / "JPEGImages"
         self.mask_dirs = [root / d for d in mask_dirs if (root / d).is_dir()]
-        names_file = root / CLASS_NAMES_FILE
-        if names_file.is_file():
-            self.class_names = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
-        else:
-            self.class_names = VOC_CLASSES
-        if len(self.class_names) < 2:
-            raise DataError(f"{names_file} must list background and at least one class")
+        self.class_names = read_class_names(root)
 
     @property
     def num_classes(self) -> int:
