@@ -1,0 +1,76 @@
+"""Dense CRF: shapes and probabilities, sharpening along image edges, the
+batch API equal to the single-image one, and the error without pydensecrf."""
+import sys
+
+import numpy as np
+import pytest
+
+from wsss_fast import crf
+
+pytest.importorskip("pydensecrf.densecrf")
+
+
+def edge_scene(h=48, w=64, edge=28, seed=0):
+    """Dark left half, bright right half (a vertical edge at x = edge), and
+    a blurred two-class map whose transition sits at x = edge + 5."""
+    rng = np.random.default_rng(seed)
+    image = np.where(np.arange(w) < edge, 40, 210).astype(np.float32)
+    image = np.broadcast_to(image[None, :, None], (h, w, 3)) + rng.normal(0, 4, (h, w, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    right = 1 / (1 + np.exp(-(np.arange(w) - (edge + 5)) / 4.0))
+    p1 = np.broadcast_to(right[None, :], (h, w))
+    probs = np.stack([1 - p1, p1]).astype(np.float32)
+    truth = np.broadcast_to((np.arange(w) >= edge)[None, :], (h, w))
+    return image, probs, truth
+
+
+@pytest.mark.parametrize("preset", ["psa", "deeplab"])
+def test_output_is_a_probability_map_of_the_input_shape(preset):
+    image, probs, _ = edge_scene()
+    q = crf.dense_crf(image, probs, preset)
+    assert q.shape == probs.shape and q.dtype == np.float32
+    assert (q >= 0).all() and (q <= 1).all()
+    np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_crf_sharpens_a_blurred_map_along_the_image_edge():
+    image, probs, truth = edge_scene()
+    q = crf.dense_crf(image, probs, "psa")
+    before = (probs.argmax(0) == truth).mean()
+    after = (q.argmax(0) == truth).mean()
+    assert before < 0.93 and after > 0.99
+    # confident on both sides: the soft transition becomes a step at the edge
+    assert np.abs(q[1] - truth).mean() < 0.5 * np.abs(probs[1] - truth).mean()
+
+
+def test_batch_equals_one_at_a_time_in_order():
+    scenes = [edge_scene(seed=s, edge=20 + 6 * s) for s in range(3)]
+    images, probs = [s[0] for s in scenes], [s[1] for s in scenes]
+    batch = crf.dense_crf_batch(images, probs, "deeplab", workers=2, progress=False)
+    for image, p, q in zip(images, probs, batch):
+        np.testing.assert_array_equal(q, crf.dense_crf(image, p, "deeplab"))
+    lazy = list(crf.imap_dense_crf(iter(zip(images, probs)), "deeplab", workers=1, progress=False))
+    for a, b in zip(lazy, batch):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_presets_are_the_spec_values():
+    assert crf.PRESETS["psa"] == crf.CRFParams(10, 3, 3, 80, 13, 10)
+    assert crf.PRESETS["deeplab"] == crf.CRFParams(10, 1, 3, 67, 3, 4)
+    with pytest.raises(ValueError, match="unknown CRF preset"):
+        crf.resolve_params("fast")
+
+
+def test_bad_shapes_are_errors():
+    image, probs, _ = edge_scene()
+    with pytest.raises(ValueError, match="probs must be"):
+        crf.dense_crf(image, probs[:, :10])
+    with pytest.raises(ValueError, match="image must be"):
+        crf.dense_crf(image.astype(np.float32), probs)
+
+
+def test_clear_error_without_pydensecrf(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image, probs, _ = edge_scene()
+    with pytest.raises(crf.MissingDependencyError, match="pip install pydensecrf2"):
+        crf.dense_crf(image, probs)

@@ -1,0 +1,53 @@
+"""The ``wsss-fast`` command line (also ``python -m wsss_fast``).
+
+Each command lives in a module of :data:`COMMAND_MODULES` that exposes
+``add_parser(subparsers)``: it calls ``subparsers.add_parser(NAME, help=...)``
+(one or more times), adds the arguments, and sets ``func`` with
+``set_defaults(func=run)``, where ``run(args)`` returns an exit status or
+None for success. A new pipeline stage adds a command by writing such a module
+and listing it here. Modules are imported whenever the parser is built, so
+they import their heavy dependencies inside ``run``.
+
+Errors that describe the user's input (:class:`wsss_fast.errors.WsssFastError`)
+are printed as one line and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import WsssFastError
+
+COMMAND_MODULES = (
+    "wsss_fast.commands.make_demo_data",
+    "wsss_fast.commands.evaluate",
+    "wsss_fast.commands.report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="wsss-fast", description="Weakly-supervised semantic segmentation from image-level labels.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = args.func(args)
+    except WsssFastError as exc:
+        print(f"wsss-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wsss-fast {args.command}: interrupted (finished outputs are complete; "
+              "run again to resume)", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)
