@@ -8,7 +8,8 @@ TORCH_PIN ?= torch==2.13.0
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
-	$(PYTHON) -m pip install -q setuptools wheel ninja
+	# build tools, also for the sdists built without isolation (pydensecrf2 needs Cython and numpy)
+	$(PYTHON) -m pip install -q setuptools wheel ninja cython numpy
 	# --no-build-isolation: build against the torch installed here (see README)
 	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test]"
 	@$(PYTHON) -c "import wsss_fast, json; print(json.dumps(wsss_fast.backend_info()))"
