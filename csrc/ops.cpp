@@ -33,6 +33,14 @@ TORCH_LIBRARY(wsss_fast, m) {
   m.def("drs_backward(Tensor grad_out, Tensor x, Tensor gate) -> (Tensor, Tensor)");
   // Gradient of drs_delta for x.
   m.def("drs_delta_backward(Tensor grad_out, Tensor x, float delta) -> Tensor");
+
+  // Batched K-means (Lloyd, scikit-learn semantics; wsss_fast/ops/kmeans.py).
+  // x: (N, D) float32/float64; groups: (N,) int64 in [0, num_groups).
+  // Returns labels (N,) int64, centroids (num_groups, k, D) in x's dtype,
+  // inertia (num_groups,) float64 and n_iter (num_groups,) int64.
+  m.def("kmeans(Tensor x, Tensor groups, int num_groups, int k, int n_init, int max_iter, "
+        "float tol, int seed, str init) -> (Tensor labels, Tensor centroids, Tensor inertia, "
+        "Tensor n_iter)");
 }
 
 namespace {
