@@ -67,8 +67,9 @@ struct RunSet {
 // float64 squared row norms; labels (R, N) int32 holds the label of point p
 // for run (g, r) at [r][p]. A kernel touches only the runs of its RunSet.
 struct Kernels {
-  // Rows per tile for the tile kernels, for D features of elem_size bytes.
-  int64_t (*tile_rows)(int64_t d, int64_t elem_size);
+  // Rows per tile for the tile kernels, for N points of D features of
+  // elem_size bytes.
+  int64_t (*tile_rows)(int64_t n, int64_t d, int64_t elem_size);
   // Rows per segment for the cluster sums, for N points.
   int64_t (*segment_rows)(int64_t n);
 
@@ -91,9 +92,13 @@ struct Kernels {
                      const at::Tensor& cnorm, int64_t trials, const at::Tensor& closest,
                      at::Tensor& out);
 
-  // M-step sums: sums (G * R, k, D) float64, sum of the points of each cluster.
+  // M-step sums: on return, sums (G * R, k, D) float64 holds the sum of the
+  // points of every cluster of labels. On entry it holds the sums for
+  // prev_labels (R, N) int32 (-1: the point is in no cluster), so a kernel may
+  // update them with the points whose label changed instead of summing anew.
   void (*cluster_sums)(const Plan& plan, const RunSet& runs, const at::Tensor& xc,
-                       const at::Tensor& labels, at::Tensor& sums);
+                       const at::Tensor& labels, const at::Tensor& prev_labels,
+                       at::Tensor& sums);
 
   // New centres: sums / counts rounded to the dtype of centers (G * R, k, D);
   // an empty cluster gets the new centre of the largest one (lowest index on

@@ -8,9 +8,9 @@
 // potential) while the tile is still in cache; no distance matrix outlives its
 // tile. Counts and changed labels are summed per tile and added atomically
 // (integers: the order does not matter).
-// cluster_sums splits (group, feature slice) pairs across threads and adds the
-// points of each group in their order, in float64: the result does not depend
-// on the number of threads.
+// cluster_sums splits (group, feature slice) pairs across threads and moves
+// the points whose label changed between the float64 cluster sums, in point
+// order: the result does not depend on the number of threads.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -31,9 +31,12 @@ namespace {
 using kmeans::Plan;
 using kmeans::RunSet;
 
-// Rows of x per tile: about 256 KB of x per tile, at least 32 rows for BLAS.
-int64_t cpu_tile_rows(int64_t d, int64_t elem_size) {
-  return std::clamp<int64_t>((int64_t{1} << 18) / std::max<int64_t>(d * elem_size, 1), 32, 1024);
+// Rows of x per tile: about 4 MB of x (so that BLAS packs the columns, up to
+// n_init * k rows of D, once per many rows), 32 to 2048 rows. It depends on D
+// and the dtype only: the dot products of a group, and so its result, do not
+// depend on the thread count or on the other groups.
+int64_t cpu_tile_rows(int64_t /*n*/, int64_t d, int64_t elem_size) {
+  return std::clamp<int64_t>((int64_t{1} << 22) / std::max<int64_t>(d * elem_size, 1), 32, 2048);
 }
 
 // The CPU cluster sums walk whole groups (Plan::offsets); segments unused.
@@ -140,33 +143,36 @@ void candidates_impl(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
   });
 }
 
+// Incremental: every point whose label changed moves from its old cluster's
+// sum to its new one (the first iteration adds every point). Tasks are
+// (group, feature slice) pairs, each walking its group's points in order.
 template <typename T>
 void cluster_sums_impl(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
-                       const at::Tensor& labels, at::Tensor& sums) {
+                       const at::Tensor& labels, const at::Tensor& prev_labels,
+                       at::Tensor& sums) {
   const int64_t N = plan.n, D = plan.d, R = plan.n_init, k = plan.k;
-  const int64_t width = std::min<int64_t>(D, 256);
+  const int64_t width = std::min<int64_t>(D, 512);
   const int64_t slices = (D + width - 1) / width;
   const T* x = xc.const_data_ptr<T>();
   const int32_t* lab = labels.const_data_ptr<int32_t>();
+  const int32_t* prev = prev_labels.const_data_ptr<int32_t>();
   double* out = sums.mutable_data_ptr<double>();
   at::parallel_for(0, plan.groups * slices, 1, [&](int64_t b, int64_t e) {
-    std::vector<double> acc;
     for (int64_t task = b; task < e; ++task) {
       const int64_t g = task / slices, d0 = (task % slices) * width;
       const int64_t w = std::min(width, D - d0);
-      const int64_t s0 = rs.slot_off[g], slots = rs.slot_off[g + 1] - s0;
-      if (slots == 0) continue;
-      acc.assign(slots * k * w, 0.0);
-      for (int64_t p = plan.offsets[g]; p < plan.offsets[g + 1]; ++p) {
-        const T* xp = x + p * D + d0;
-        for (int64_t s = 0; s < slots; ++s) {
-          double* a = acc.data() + (s * k + lab[(rs.runs[s0 + s] % R) * N + p]) * w;
-          for (int64_t d = 0; d < w; ++d) a[d] += static_cast<double>(xp[d]);
-        }
-      }
-      for (int64_t s = 0; s < slots; ++s) {
-        for (int64_t j = 0; j < k; ++j) {
-          std::copy_n(acc.data() + (s * k + j) * w, w, out + (rs.runs[s0 + s] * k + j) * D + d0);
+      for (int64_t s = rs.slot_off[g]; s < rs.slot_off[g + 1]; ++s) {
+        const int64_t run = rs.runs[s], r = run % R;
+        double* run_sums = out + run * k * D + d0;
+        for (int64_t p = plan.offsets[g]; p < plan.offsets[g + 1]; ++p) {
+          const int32_t now = lab[r * N + p], before = prev[r * N + p];
+          if (now == before) continue;
+          const T* xp = x + p * D + d0;
+          double* add = run_sums + now * D;
+          for (int64_t d = 0; d < w; ++d) add[d] += static_cast<double>(xp[d]);
+          if (before < 0) continue;
+          double* sub = run_sums + before * D;
+          for (int64_t d = 0; d < w; ++d) sub[d] -= static_cast<double>(xp[d]);
         }
       }
     }
@@ -211,6 +217,28 @@ void finalize_impl(const RunSet& rs, const at::Tensor& sums, const at::Tensor& c
   });
 }
 
+// sum_d (a_d - b_d)^2 in float64, with eight partial sums so that it
+// vectorises (the order is fixed: the result does not depend on the machine).
+template <typename T>
+double squared_distance(const T* a, const T* b, int64_t n) {
+  constexpr int64_t L = 8;
+  double acc[L] = {};
+  int64_t d = 0;
+  for (; d + L <= n; d += L) {
+    for (int64_t l = 0; l < L; ++l) {
+      const double diff = static_cast<double>(a[d + l]) - static_cast<double>(b[d + l]);
+      acc[l] += diff * diff;
+    }
+  }
+  double total = 0;
+  for (int64_t l = 0; l < L; ++l) total += acc[l];
+  for (; d < n; ++d) {
+    const double diff = static_cast<double>(a[d]) - static_cast<double>(b[d]);
+    total += diff * diff;
+  }
+  return total;
+}
+
 template <typename T>
 void point_dist_impl(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
                      const at::Tensor& centers, const at::Tensor& labels, at::Tensor& dist) {
@@ -225,14 +253,7 @@ void point_dist_impl(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
       for (int64_t s = rs.slot_off[tile.group]; s < rs.slot_off[tile.group + 1]; ++s) {
         const int64_t run = rs.runs[s], r = run % R;
         for (int64_t p = tile.begin; p < tile.end; ++p) {
-          const T* xp = x + p * D;
-          const T* cp = c + (run * k + lab[r * N + p]) * D;
-          double acc = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            const double diff = static_cast<double>(xp[d]) - static_cast<double>(cp[d]);
-            acc += diff * diff;
-          }
-          out[r * N + p] = acc;
+          out[r * N + p] = squared_distance(x + p * D, c + (run * k + lab[r * N + p]) * D, D);
         }
       }
     }
@@ -258,9 +279,9 @@ void candidates(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
 }
 
 void cluster_sums(const Plan& plan, const RunSet& rs, const at::Tensor& xc,
-                  const at::Tensor& labels, at::Tensor& sums) {
+                  const at::Tensor& labels, const at::Tensor& prev_labels, at::Tensor& sums) {
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "kmeans_cluster_sums_cpu", [&] {
-    cluster_sums_impl<scalar_t>(plan, rs, xc, labels, sums);
+    cluster_sums_impl<scalar_t>(plan, rs, xc, labels, prev_labels, sums);
   });
 }
 

@@ -22,6 +22,11 @@ namespace kmeans {
 
 namespace {
 
+// Runs that reach the same partition differ in inertia by rounding only; the
+// first of the runs within this relative distance of the lowest inertia wins
+// (scikit-learn also keeps the earlier of two runs with the same clustering).
+constexpr double kBestRtol = 1e-9;
+
 uint64_t mix64(uint64_t z) {
   z ^= z >> 30;
   z *= 0xBF58476D1CE4E5B9ULL;
@@ -131,7 +136,7 @@ at::Tensor kmeanspp(const Kernels& kern, const State& st, uint64_t seed) {
     for (int64_t i = 0; i < draws; ++i) u[i] = uniform(seed, g, run % R, i);
     first[run] = plan.offsets[g] + std::min(static_cast<int64_t>(u[0] * n), n - 1);
   }
-  const auto u_trials = u_host.slice(1, 1).to(dev).view({G, R, k - 1, trials}).permute({1, 0, 2, 3});
+  const auto u_trials = u_host.slice(1, 1).to(dev).view({G, R, k - 1, trials}).permute({1, 0, 2, 3});  // (R, G, k - 1, trials)
   auto chosen = at::zeros({G * R, k}, lopt);
   chosen.select(1, 0).copy_(to_device(first, dev));
 
@@ -144,28 +149,27 @@ at::Tensor kmeanspp(const Kernels& kern, const State& st, uint64_t seed) {
                     st.xnorm.index_select(0, idx), 1, closest, out);
     closest.copy_(cand.select(0, 0));
   }
-  auto pot = st.group_sums(closest);  // (R, G)
-  const auto offsets = to_device(plan.offsets, dev);
-  const auto lo = offsets.slice(0, 0, G), hi = offsets.slice(0, 1) - 1;
-  const auto before = (lo - 1).clamp_min(0), last = hi.clamp_min(0);
+  std::vector<int64_t> nonempty;
+  for (int64_t g = 0; g < G; ++g) {
+    if (plan.offsets[g + 1] > plan.offsets[g]) nonempty.push_back(g);
+  }
+  auto idx = at::zeros({R, G, trials}, lopt);
   for (int64_t c = 1; c < k; ++c) {
-    // Sample `trials` points of every (run, group) with probability
-    // proportional to closest: searchsorted in the cumsum of closest / pot,
-    // which rises by 1 over every group with a positive potential.
-    const auto pot_pt = pot.index_select(1, st.point_group);
-    const auto cs = at::where(pot_pt > 0, closest / pot_pt, 0.0).cumsum(1);
-    const auto base = at::where(lo > 0, cs.index_select(1, before), 0.0);  // (R, G)
-    const auto span = cs.index_select(1, last) - base;
-    const auto values = base.unsqueeze(2) + u_trials.select(2, c - 1) * span.unsqueeze(2);
-    auto idx = at::searchsorted(cs, values.reshape({R, G * trials})).view({R, G, trials});
-    idx = at::maximum(at::minimum(idx, hi.view({1, G, 1})), lo.view({1, G, 1}));
+    // Sample `trials` points of every run with probability proportional to
+    // closest: searchsorted of u * total in the cumsum over the group (per
+    // group, so that a group's draws do not depend on the other groups).
+    for (int64_t g : nonempty) {
+      const int64_t o0 = plan.offsets[g], o1 = plan.offsets[g + 1];
+      const auto cs = closest.slice(1, o0, o1).cumsum(1);  // (R, n)
+      const auto values = u_trials.select(1, g).select(1, c - 1) * cs.slice(1, o1 - o0 - 1);
+      idx.select(1, g).copy_(at::searchsorted(cs, values).clamp_max_(o1 - o0 - 1) + o0);
+    }
     const auto slot_idx =
         idx.permute({1, 0, 2}).reshape({G * R, trials}).index_select(0, all.runs_dev).reshape({-1});
     kern.candidates(plan, all, st.xc, st.xnorm, st.xc.index_select(0, slot_idx),
                     st.xnorm.index_select(0, slot_idx), trials, closest, cand);
     const auto pots = st.group_sums(cand.view({trials * R, N})).view({trials, R, G});
     const auto best = pots.argmin(0);  // (R, G), first minimum
-    pot = pots.gather(0, best.unsqueeze(0)).squeeze(0);
     closest = cand.gather(0, best.index_select(1, st.point_group).unsqueeze(0)).squeeze(0);
     chosen.select(1, c).copy_(idx.gather(2, best.unsqueeze(2)).squeeze(2).t().reshape({-1}));
   }
@@ -174,9 +178,16 @@ at::Tensor kmeanspp(const Kernels& kern, const State& st, uint64_t seed) {
 
 // Moves the points farthest from their centre into the empty clusters of the
 // runs (scikit-learn's _relocate_empty_clusters_dense); rare, so plain ATen.
-void relocate_empty(const State& st, const RunSet& rs, const at::Tensor& labels,
-                    const at::Tensor& mind, at::Tensor& sums, at::Tensor& counts) {
+// Returns sums itself when no cluster is empty, else a relocated copy (sums
+// stays the sums of the labels); counts is updated in place.
+at::Tensor relocate_empty(const State& st, const RunSet& rs, const at::Tensor& labels,
+                          const at::Tensor& mind, const at::Tensor& label_sums,
+                          at::Tensor& counts) {
   const auto has_empty = to_host<uint8_t>(counts.index_select(0, rs.runs_dev).eq(0).any(1));
+  if (std::none_of(has_empty.begin(), has_empty.end(), [](uint8_t e) { return e != 0; })) {
+    return label_sums;
+  }
+  auto sums = label_sums.clone();
   for (int64_t s = 0; s < rs.size(); ++s) {
     if (!has_empty[s]) continue;
     const int64_t run = rs.runs[s], g = run / st.plan.n_init, r = run % st.plan.n_init;
@@ -202,6 +213,7 @@ void relocate_empty(const State& st, const RunSet& rs, const at::Tensor& labels,
       run_counts.select(0, empty[i]).fill_(1);
     }
   }
+  return sums;
 }
 
 }  // namespace
@@ -229,8 +241,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
     return {at::empty({0}, lopt), at::full({G, k, D}, NAN, x.options()), at::zeros({G}, dopt),
             at::zeros({G}, lopt)};
   }
-  TORCH_CHECK(at::isfinite(x).all().item<bool>(),
-              "kmeans: x must be finite, but it holds NaN or infinity");
+  {
+    const auto [lo, hi] = at::aminmax(x);  // NaN propagates
+    TORCH_CHECK(std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>()),
+                "kmeans: x must be finite, but it holds NaN or infinity");
+  }
   {
     const auto [lo, hi] = at::aminmax(groups_in);
     const int64_t lo_h = lo.item<int64_t>(), hi_h = hi.item<int64_t>();
@@ -257,29 +272,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
   const auto offsets = at::searchsorted(st.point_group, at::arange(G + 1, lopt));
   plan.offsets = to_host<int64_t>(offsets);
   st.lengths = offsets.slice(0, 1) - offsets.slice(0, 0, G);
-  plan.tiles = cut(plan.offsets, kern.tile_rows(D, x.element_size()), nullptr);
+  plan.tiles = cut(plan.offsets, kern.tile_rows(N, D, x.element_size()), nullptr);
   plan.tiles_dev = to_device(plan.tiles, dev).view({-1, 3});
   plan.segments = cut(plan.offsets, kern.segment_rows(N), &plan.segment_off);
   plan.segments_dev = to_device(plan.segments, dev).view({-1, 3});
   plan.segment_off_dev = to_device(plan.segment_off, dev);
 
   // Centre every group on its mean; squared norms; tolerances.
-  const auto mean = at::segment_reduce(xs, "sum", st.lengths, {}, {}, 0, false, 0) /
-                    st.lengths.clamp_min(1).unsqueeze(1).to(x.scalar_type());
+  const auto mean = at::zeros({G, D}, x.options());
   st.xc = at::empty_like(xs);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t o0 = plan.offsets[g], o1 = plan.offsets[g + 1];
     if (o1 > o0) {
+      const auto rows = xs.slice(0, o0, o1);
+      mean.select(0, g).copy_(rows.sum(0) / static_cast<double>(o1 - o0));
       auto out = st.xc.slice(0, o0, o1);
-      at::sub_out(out, xs.slice(0, o0, o1), mean.select(0, g));
+      at::sub_out(out, rows, mean.select(0, g));
     }
   }
-  st.xnorm = at::empty({N}, dopt);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / D);
-  for (int64_t b = 0; b < N; b += chunk) {
-    const auto rows = st.xc.slice(0, b, std::min(N, b + chunk));
-    st.xnorm.slice(0, b, std::min(N, b + chunk)).copy_(at::sum(rows * rows, {1}, false, at::kDouble));
-  }
+  st.xnorm = at::linalg_vector_norm(st.xc, 2, 1).to(at::kDouble).square_();
   const auto sq_sum = to_host<double>(at::segment_reduce(st.xnorm, "sum", st.lengths, {}, {}, 0, false, 0));
   st.tol.assign(G, 0.0);
   for (int64_t g = 0; g < G; ++g) {
@@ -309,6 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
 
   // Lloyd iterations, in lockstep over the runs that have not converged.
   auto labels = at::full({R, N}, -1, x.options().dtype(at::kInt));
+  auto prev_labels = labels.clone();  // the labels `sums` belongs to
   auto mind = at::zeros({R, N}, dopt);
   auto counts = at::zeros({G * R, k}, lopt);
   auto changed = at::zeros({G * R}, lopt);
@@ -325,9 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
     changed.zero_();
     kern.assign(plan, rs, st.xc, st.xnorm, flat_centers.index_select(0, rows),
                 cnorm.view({-1}).index_select(0, rows), labels, mind, counts, changed);
-    kern.cluster_sums(plan, rs, st.xc, labels, sums);
-    relocate_empty(st, rs, labels, mind, sums, counts);
-    kern.finalize(rs, sums, counts, centers, cnorm, shift);
+    kern.cluster_sums(plan, rs, st.xc, labels, prev_labels, sums);
+    prev_labels.copy_(labels);
+    kern.finalize(rs, relocate_empty(st, rs, labels, mind, sums, counts), counts, centers,
+                  cnorm, shift);
     const auto changed_h = to_host<int64_t>(changed.index_select(0, rs.runs_dev));
     const auto shift_h = to_host<double>(shift.index_select(0, rs.runs_dev));
     std::vector<int64_t> next;
@@ -355,11 +368,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
                 cnorm.view({-1}).index_select(0, rows), labels, mind, counts, changed);
   }
 
-  // Inertia of every run, best run of every group (first minimum).
+  // Inertia of every run; the best run of a group is the first one within a
+  // relative kBestRtol of the lowest inertia.
   auto dist = at::zeros({R, N}, dopt);
   kern.point_dist(plan, all, st.xc, centers, labels, dist);
   const auto inertia_rg = st.group_sums(dist);  // (R, G)
-  const auto best = inertia_rg.argmin(0);       // (G)
+  const auto lowest = std::get<0>(inertia_rg.min(0));
+  const auto best = (inertia_rg <= lowest * (1 + kBestRtol)).to(at::kInt).argmax(0);  // (G)
   const auto best_h = to_host<int64_t>(best);
   auto labels_out = labels.gather(0, best.index_select(0, st.point_group).unsqueeze(0))
                         .squeeze(0)

@@ -21,7 +21,10 @@ scikit-learn's ``KMeans(algorithm="lloyd")``):
   their old cluster, as scikit-learn does; when every point sits on its centre
   (fewer distinct points than k) nothing is moved. A cluster still empty gets
   the centre of the largest cluster (lowest index on ties).
-* Best of ``n_init`` runs by inertia (the first on ties).
+* Best of ``n_init`` runs by inertia: the first run within a relative 1e-9
+  of the lowest inertia (runs that reach the same partition differ only by
+  rounding; scikit-learn keeps the earlier of two runs with the same
+  clustering).
 
 Random numbers come from a counter-based generator (splitmix64 of seed, group,
 run and draw index), so a group's result depends only on its own points, the
@@ -54,6 +57,7 @@ class KMeansResult(NamedTuple):
 
 
 INITS = ("k-means++", "random")
+BEST_RTOL = 1e-9
 
 
 def n_local_trials(k: int) -> int:
@@ -110,11 +114,11 @@ def random_init_indices(seed: int, group: int, run: int, n: int, k: int) -> list
 
 
 # ------------------------------------------------------------------ one group
-def _sq_dist(xc: torch.Tensor, xn: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(M, n) float64 squared distances ||y_m - x_i||^2 through the expansion
-    ||x||^2 - 2 x.y + ||y||^2 (dot products in the dtype of x), clamped at 0."""
-    yn = (y.double() ** 2).sum(1)
-    return (xn[None] + yn[:, None] - 2 * (y @ xc.T).double()).clamp_min(0)
+def _sq_dist(xc: torch.Tensor, xn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(M, n) float64 squared distances ||x_index[m] - x_i||^2 through the
+    expansion ||x||^2 - 2 x.y + ||y||^2 (dot products in the dtype of x),
+    clamped at 0."""
+    return (xn[None] + xn[index][:, None] - 2 * (xc[index] @ xc.T).double()).clamp_min(0)
 
 
 def _kmeanspp(xc, xn, k, n_init, seed, group):
@@ -127,12 +131,12 @@ def _kmeanspp(xc, xn, k, n_init, seed, group):
     centers = xc.new_empty(n_init, k, xc.shape[1])
     first = (u[:, 0] * n).long().clamp(max=n - 1)
     centers[:, 0] = xc[first]
-    closest = _sq_dist(xc, xn, xc[first])                      # (R, n)
+    closest = _sq_dist(xc, xn, first)                          # (R, n)
     for c in range(1, k):
         cs = closest.cumsum(1)
         values = u[:, 1 + (c - 1) * trials:1 + c * trials] * cs[:, -1:]
         cand = torch.searchsorted(cs, values).clamp(max=n - 1)  # (R, T)
-        dist = _sq_dist(xc, xn, xc[cand.flatten()]).view(n_init, trials, n)
+        dist = _sq_dist(xc, xn, cand.flatten()).view(n_init, trials, n)
         dist = torch.minimum(dist, closest[:, None])
         pots = dist.sum(2)
         best = pots.argmin(1)
@@ -187,7 +191,7 @@ def cluster_group(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: floa
     n, d = x.shape
     mean = x.sum(0) / n
     xc = x - mean
-    xn = (xc.double() ** 2).sum(1)
+    xn = torch.linalg.vector_norm(xc, dim=1).double() ** 2
     tol_abs = tol * float(xn.sum()) / (n * d)
     if init == "k-means++":
         centers = _kmeanspp(xc, xn, k, n_init, seed, group)
@@ -216,7 +220,9 @@ def cluster_group(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: floa
         labels[redo] = _assign(xc, xn, centers[redo])[0]
     inertia = torch.stack([((xc.double() - centers[r].double()[labels[r]]) ** 2).sum()
                            for r in range(n_init)])
-    best = int(inertia.argmin())
+    # The first run within a relative 1e-9 of the lowest inertia: runs that
+    # reach the same partition differ by rounding only.
+    best = int((inertia <= inertia.min() * (1 + BEST_RTOL)).nonzero()[0])
     return labels[best], centers[best] + mean, float(inertia[best]), int(n_iter[best])
 
 
