@@ -43,6 +43,14 @@ TORCH_LIBRARY(wsss_fast, m) {
   // PSA's random walk as n_steps stencil steps: cam (B, C, H, W) @ T^n_steps per
   // image, T from aff (B, P, H, W) ** beta; border "all" or "psa".
   m.def("random_walk(Tensor cam, Tensor aff, int radius, float beta, int n_steps, str border) -> Tensor");
+
+  // Batched K-means (Lloyd, scikit-learn semantics; wsss_fast/ops/kmeans.py).
+  // x: (N, D) float32/float64; groups: (N,) int64 in [0, num_groups).
+  // Returns labels (N,) int64, centroids (num_groups, k, D) in x's dtype,
+  // inertia (num_groups,) float64 and n_iter (num_groups,) int64.
+  m.def("kmeans(Tensor x, Tensor groups, int num_groups, int k, int n_init, int max_iter, "
+        "float tol, int seed, str init) -> (Tensor labels, Tensor centroids, Tensor inertia, "
+        "Tensor n_iter)");
 }
 
 namespace {

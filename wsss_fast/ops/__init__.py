@@ -2,6 +2,7 @@
 pure-PyTorch reference (:mod:`wsss_fast.reference`) it falls back to."""
 from .affinity import affinity, pair_offsets
 from .drs import drs
+from .kmeans import kmeans
 from .random_walk import random_walk
 
-__all__ = ["affinity", "drs", "pair_offsets", "random_walk"]
+__all__ = ["affinity", "drs", "kmeans", "pair_offsets", "random_walk"]

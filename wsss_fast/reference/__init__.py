@@ -2,7 +2,8 @@
 ground truth of the tests and the fallback when a compiled kernel is missing."""
 from .affinity import affinity
 from .drs import drs
+from .kmeans import KMeansResult, kmeans
 from .random_walk import random_walk, random_walk_dense, transition_matrix, transition_weights
 
-__all__ = ["affinity", "drs", "random_walk", "random_walk_dense", "transition_matrix",
-           "transition_weights"]
+__all__ = ["KMeansResult", "affinity", "drs", "kmeans", "random_walk", "random_walk_dense",
+           "transition_matrix", "transition_weights"]
