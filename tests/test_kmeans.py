@@ -286,8 +286,12 @@ def test_deterministic_and_seed_dependent():
 
 
 @needs_cpu_kernel
-def test_cpu_result_does_not_depend_on_thread_count():
-    x, g = blobs([500, 300], k=6, d=32, spread=1.5)
+@pytest.mark.parametrize("data", ["blobs", "digits"])  # several tiles / a single tile
+def test_cpu_result_does_not_depend_on_thread_count(data):
+    if data == "blobs":
+        x, g = blobs([500, 300], k=6, d=32, spread=1.5)
+    else:
+        x, g = (torch.from_numpy(a) for a in digits_one_group())
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
