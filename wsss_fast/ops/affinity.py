@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
+from ._checks import check_dtype
 from ..pairs import check_radius, pair_count, pair_offsets
 from ..reference import affinity as reference
 
@@ -53,11 +54,7 @@ def _check(features, radius) -> int:
     if features.dim() != 4:
         raise ValueError(f"affinity: features must be a 4-D (B, D, H, W) tensor, "
                          f"got shape {tuple(features.shape)}")
-    allowed = _CUDA_DTYPES if features.device.type == "cuda" else _CPU_DTYPES
-    if features.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"affinity: features on {features.device.type} must be one of {names}, "
-                        f"got {features.dtype}")
+    check_dtype("affinity", "features", features, _CPU_DTYPES, _CUDA_DTYPES)
     if features.shape[1] < 1:
         raise ValueError(f"affinity: features must have D >= 1 channels, got shape "
                          f"{tuple(features.shape)}")

@@ -14,6 +14,7 @@ import numbers
 import torch
 
 from .. import _backend
+from ._checks import check_dtype
 from ..reference import drs as reference
 
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,10 +51,7 @@ def _check(x, gate) -> None:
         raise TypeError(f"drs: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"drs: x must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-    allowed = _CUDA_DTYPES if x.device.type == "cuda" else _CPU_DTYPES
-    if x.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"drs: x on {x.device.type} must be one of {names}, got {x.dtype}")
+    check_dtype("drs", "x", x, _CPU_DTYPES, _CUDA_DTYPES)
     n, c, h, w = x.shape
     if n * c > 0 and h * w == 0:
         raise ValueError(f"drs: x must have H > 0 and W > 0 (the plane max is undefined), "

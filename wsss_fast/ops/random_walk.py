@@ -14,6 +14,7 @@ import numbers
 import torch
 
 from .. import _backend
+from ._checks import check_dtype
 from ..pairs import BORDERS, check_radius, pair_count
 from ..reference import random_walk as reference
 
@@ -75,11 +76,7 @@ def _check(cam, aff, radius, beta, n_steps, border) -> tuple[int, str]:
     if cam.dim() != 4:
         raise ValueError(f"random_walk: cam must be a 4-D (B, C, H, W) tensor, "
                          f"got shape {tuple(cam.shape)}")
-    allowed = _CUDA_DTYPES if cam.device.type == "cuda" else _CPU_DTYPES
-    if cam.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"random_walk: cam on {cam.device.type} must be one of {names}, "
-                        f"got {cam.dtype}")
+    check_dtype("random_walk", "cam", cam, _CPU_DTYPES, _CUDA_DTYPES)
     b, _, h, w = cam.shape
     expected = (b, pair_count(radius), h, w)
     if tuple(aff.shape) != expected:
