@@ -1,0 +1,37 @@
+"""Process-group facts for runs under ``torchrun`` (RANK, WORLD_SIZE and
+LOCAL_RANK in the environment), and the sharding rule of inference stages.
+
+Without torchrun every function answers as a single process (rank 0 of 1).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Whether this process logs, checkpoints and summarises (rank 0)."""
+    return rank() == 0
+
+
+def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None) -> list[T]:
+    """The items one rank processes: every ``world``-th, from index ``rank``.
+    Inference stages shard the list of images that still lack outputs, so a
+    re-run after a crash spreads only the missing ones over the ranks."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    if not 0 <= r < w:
+        raise ValueError(f"shard: rank {r} outside world size {w}")
+    return list(items[r::w])

@@ -1,0 +1,95 @@
+"""Loading pretrained weights from files the user supplies, with a report of
+what matched. Nothing is ever downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import WsssFastError
+
+
+class WeightsError(WsssFastError):
+    """A weights file is missing, unreadable, or does not fit the model."""
+
+
+class LoadReport(NamedTuple):
+    """Keys of the model left at their initial values (``missing``) and keys
+    of the file the model does not have (``unexpected``), by name."""
+    missing: list[str]
+    unexpected: list[str]
+
+    def summary(self) -> str:
+        def some(keys):
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = []
+        if self.missing:
+            parts.append(f"missing: {some(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected: {some(self.unexpected)}")
+        return "; ".join(parts) or "all keys matched"
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` file: a state dict, or a checkpoint dict
+    holding one under ``state_dict`` or ``model``. Raises WeightsError
+    naming the file when it is missing or not such a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                 key_map: Callable[[str], str | None] | None = None,
+                 required: Callable[[str], bool] = lambda key: True,
+                 what: str = "model") -> LoadReport:
+    """Copies matching tensors from ``source`` (a file or a state dict) into
+    ``model``.
+
+    Args:
+        key_map: renames each file key to the model's key, or returns None to
+            drop it (e.g. a classifier head of another task).
+        required: model keys that must be in the file; if any is missing, or
+            a shared key has another shape, this raises WeightsError naming
+            them: the file is the wrong one. Other missing keys are reported.
+        what: the model's name in messages.
+
+    Returns:
+        :class:`LoadReport` of missing and unexpected keys (after key_map).
+    """
+    origin = f"weights file {source}" if isinstance(source, (str, os.PathLike)) else "state dict"
+    state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    if key_map is not None:
+        mapped = {}
+        for key, value in state.items():
+            new = key_map(key)
+            if new is not None:
+                mapped[new] = value
+        state = mapped
+    own = model.state_dict()
+    bad_shapes = [f"{k} (file {tuple(state[k].shape)}, {what} {tuple(v.shape)})"
+                  for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if bad_shapes:
+        raise WeightsError(f"{origin} does not fit the {what}: shapes differ for "
+                           + ", ".join(bad_shapes[:5]) + (" ..." if len(bad_shapes) > 5 else ""))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    absent_required = [k for k in missing if required(k)]
+    if absent_required:
+        report = LoadReport(absent_required, unexpected)
+        raise WeightsError(f"{origin} is not a {what} checkpoint: {report.summary()}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return LoadReport(missing, unexpected)

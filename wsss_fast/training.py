@@ -1,0 +1,282 @@
+"""The training loop every stage shares: optimiser and schedule of the
+references, checkpoints every epoch, exact resume, a JSON-lines log,
+progress bars, AMP on CUDA.
+
+Determinism: the order of an epoch and every augmentation are functions of
+(seed, epoch, index) (see :class:`EpochDataset`), and torch's RNG is reseeded
+from (seed, epoch) at the start of each epoch, so training that is stopped and
+resumed from its last checkpoint ends with the same weights as training that
+ran straight through (on CPU; CUDA kernels may be non-deterministic).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .errors import UsageError
+from .storage import atomic_output
+
+CHECKPOINT = "checkpoint.pt"  # latest finished epoch: model, optimiser, epoch
+FINAL = "final.pt"            # weights after the last epoch, with the stage's metadata
+LOG = "log.jsonl"             # one JSON object per logged step and per epoch
+GROUP_NAMES = ("pretrained_weight", "pretrained_bias", "new_weight", "new_bias")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; each stage's defaults follow its reference.
+
+    lr_mult: learning-rate multipliers of the four parameter groups
+        (pretrained weight, pretrained bias, new weight, new bias); biases get
+        no weight decay, as in PSA and DRS.
+    schedule: "poly" (lr x (1 - step / steps) ** poly_power, per step) or
+        "step" (lr x gamma at each epoch of ``milestones``).
+    """
+    epochs: int = 15
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"          # "sgd" or "adam"
+    momentum: float = 0.9
+    nesterov: bool = False
+    lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
+    schedule: str = "poly"          # "poly" or "step"
+    poly_power: float = 0.9
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    seed: int = 0
+    num_workers: int = 2
+    amp: bool = True                # mixed precision, on CUDA only
+    log_every: int = 20             # steps between log lines
+    extra: dict = field(default_factory=dict)  # stage-specific settings, recorded in the log
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UsageError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("poly", "step"):
+            raise UsageError(f"schedule must be 'poly' or 'step', got {self.schedule!r}")
+
+
+def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser over the four parameter groups (empty groups dropped)."""
+    param_groups = []
+    for name, mult in zip(GROUP_NAMES, cfg.lr_mult):
+        if groups.get(name):
+            wd = 0.0 if name.endswith("bias") else cfg.weight_decay
+            param_groups.append({"params": groups[name], "lr": cfg.lr * mult, "initial_lr": cfg.lr * mult,
+                                 "weight_decay": wd, "name": name})
+    if not param_groups:
+        raise UsageError("nothing to train: the model has no trainable parameters")
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(param_groups, lr=cfg.lr)
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int, step: int, total_steps: int) -> float:
+    """Multiplier of the initial learning rates at global ``step`` of
+    ``total_steps`` (``epoch`` counts from 0)."""
+    if cfg.schedule == "poly":
+        return (1.0 - step / total_steps) ** cfg.poly_power
+    return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+class EpochDataset(Dataset):
+    """Wraps a dataset of item dicts with an augmentation ``augment(item,
+    rng)`` whose generator is seeded by (seed, epoch, index); call
+    :meth:`set_epoch` before each epoch. Items that are None (skipped corrupt
+    images) stay None."""
+
+    def __init__(self, dataset: Dataset, augment: Callable | None, seed: int):
+        self.dataset = dataset
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if item is None or self.augment is None:
+            return item
+        return self.augment(item, np.random.default_rng([self.seed, self.epoch, index]))
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The shuffled indices one process visits in an epoch: a permutation of
+    range(n) from (seed, epoch), cut to a multiple of ``world`` and dealt
+    round-robin to the ranks."""
+    perm = np.random.default_rng([seed, epoch, 1 << 20]).permutation(n)
+    usable = n - n % world
+    return perm[rank:usable:world].tolist()
+
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Trainer:
+    """Runs ``cfg.epochs`` epochs of ``loss_fn`` over a dataset.
+
+    Args:
+        model: the network (moved to ``device``).
+        groups: its four parameter groups (see
+            :func:`wsss_fast.models.param_groups`).
+        cfg: :class:`TrainConfig`.
+        out_dir: where checkpoint.pt, final.pt and log.jsonl go.
+        loss_fn: ``loss_fn(model, batch) -> (loss, metrics)`` with the batch
+            already on the device.
+        metadata: stored in final.pt beside the weights (what later stages
+            need to rebuild the model: backbone name, options, classes ...).
+        device: torch device.
+        progress: show progress bars.
+    """
+
+    def __init__(self, model: nn.Module, groups: dict[str, list[nn.Parameter]], cfg: TrainConfig,
+                 out_dir: str | os.PathLike, loss_fn: LossFn, *, metadata: dict | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True, desc: str = "train"):
+        cfg.check()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.loss_fn = loss_fn
+        self.metadata = dict(metadata or {})
+        self.progress = progress
+        self.desc = desc
+        self.optimizer = build_optimizer(groups, cfg)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    # -- state ---------------------------------------------------------------
+    def _save_checkpoint(self, epoch: int) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": epoch, "config": asdict(self.cfg)}
+        with atomic_output(self.out_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def _load_checkpoint(self) -> int:
+        """Restores the last checkpoint; returns the number of finished epochs."""
+        path = self.out_dir / CHECKPOINT
+        if not path.is_file():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        return int(state["epoch"]) + 1
+
+    def _log(self, record: dict) -> None:
+        with open(self.out_dir / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop ----------------------------------------------------------------
+    def fit(self, dataset: EpochDataset, collate: Callable, *, resume: bool = False) -> Path:
+        """Trains, resuming from checkpoint.pt when ``resume``; returns the
+        path of final.pt. Without ``resume``, an existing checkpoint in
+        out_dir is an error (so a run is never silently overwritten)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.out_dir / FINAL
+        if not resume and ((self.out_dir / CHECKPOINT).exists() or final.exists()):
+            raise UsageError(f"{self.out_dir} already holds a training run; pass --resume to continue "
+                             "it or choose another output folder")
+        if resume and final.exists():
+            return final
+        start = self._load_checkpoint() if resume else 0
+        if len(dataset) < 1:
+            raise UsageError("the training set is empty")
+        batch_size = min(self.cfg.batch_size, len(dataset))
+        steps_per_epoch = len(dataset) // batch_size
+        total = steps_per_epoch * self.cfg.epochs
+        if start == 0:
+            self._log({"event": "start", "config": asdict(self.cfg), "metadata": self.metadata,
+                       "images": len(dataset), "steps_per_epoch": steps_per_epoch})
+        for epoch in range(start, self.cfg.epochs):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            dataset.set_epoch(epoch)
+            order = epoch_order(len(dataset), self.cfg.seed, epoch)
+            batches = [order[i:i + batch_size] for i in range(0, steps_per_epoch * batch_size, batch_size)]
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                num_workers=self.cfg.num_workers,
+                                pin_memory=self.device.type == "cuda")
+            self._run_epoch(loader, epoch, steps_per_epoch, total)
+            self._save_checkpoint(epoch)
+        payload = {"model": self.model.state_dict(), "metadata": self.metadata, "config": asdict(self.cfg)}
+        with atomic_output(final) as tmp:
+            torch.save(payload, tmp)
+        self._log({"event": "done", "epochs": self.cfg.epochs})
+        return final
+
+    def _run_epoch(self, loader: DataLoader, epoch: int, steps_per_epoch: int, total: int) -> None:
+        self.model.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        start = time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for i, batch in enumerate(bar):
+            if batch is None:  # every image of the batch was a skipped corrupt one
+                continue
+            step = epoch * steps_per_epoch + i
+            factor = lr_factor(self.cfg, epoch, step, total)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+            with torch.autocast(self.device.type, enabled=self.amp):
+                loss, metrics = self.loss_fn(self.model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.desc}: loss is {loss.item()} at epoch {epoch + 1} step {i}; "
+                                         "lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            metrics = {"loss": loss.item(), **metrics}
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            seen += 1
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if (i + 1) % self.cfg.log_every == 0:
+                self._log({"event": "step", "epoch": epoch, "step": step, "lr": self.cfg.lr * factor,
+                           **metrics})
+        bar.close()
+        means = {k: v / max(seen, 1) for k, v in sums.items()}
+        self._log({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start, **means})
+        if self.progress:
+            print(f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}: "
+                  + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+
+def load_final(path: str | os.PathLike) -> dict:
+    """Reads a final.pt (``model`` state dict, ``metadata``, ``config``);
+    raises UsageError naming the file when it is missing or not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FINAL
+    if not path.is_file():
+        raise UsageError(f"no trained model at {path} (train it first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read trained model {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "metadata" not in payload:
+        raise UsageError(f"{path} is not a wsss-fast trained model (final.pt)")
+    return payload
