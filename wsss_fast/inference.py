@@ -1,0 +1,57 @@
+"""Multi-scale, flip-augmented forward passes over a batch of same-sized
+images, the inference pattern of CAM, random-walk and DeepLab stages."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+FUSES = ("sum", "max")
+
+
+def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    scales: Sequence[float], *, flip: bool = True, size: tuple[int, int] | None = None,
+                    fuse: str = "sum") -> torch.Tensor:
+    """Runs ``forward`` on ``images`` at every scale (and mirrored, with
+    ``flip``), brings each output back to ``size`` and fuses them.
+
+    Args:
+        forward: (B, 3, h, w) -> (B, K, h', w') maps (any stride).
+        images: (N, 3, H, W) normalised images of one size.
+        scales: input scale factors, e.g. (1.0, 0.5, 1.5, 2.0); the scaled
+            side is round(side * scale), at least 1.
+        flip: also run the horizontally mirrored images, one batch with the
+            originals, and mirror their maps back.
+        size: (H_out, W_out) of the result (default (H, W)).
+        fuse: "sum" over all passes (PSA, SC-CAM) or element-wise "max" (DRS).
+
+    Returns:
+        (N, K, H_out, W_out) float32: every pass's maps resized bilinearly
+        (align_corners=False) to ``size``, then fused.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"multiscale_maps: images must be (N, 3, H, W), got {tuple(images.shape)}")
+    if fuse not in FUSES:
+        raise ValueError(f"multiscale_maps: fuse must be one of {FUSES}, got {fuse!r}")
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"multiscale_maps: scales must be positive, got {list(scales)}")
+    n, _, height, width = images.shape
+    size = (height, width) if size is None else tuple(size)
+    fused = None
+    for scale in scales:
+        scaled = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = images if scaled == (height, width) else F.interpolate(
+            images, size=scaled, mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        maps = F.interpolate(forward(x).float(), size=size, mode="bilinear", align_corners=False)
+        passes = [maps[:n], maps[n:].flip(-1)] if flip else [maps]
+        for m in passes:
+            if fused is None:
+                fused = m.clone()
+            elif fuse == "sum":
+                fused += m
+            else:
+                torch.maximum(fused, m, out=fused)
+    return fused
