@@ -107,15 +107,17 @@ class TrainAugment:
     flip, colour jitter, normalisation and a random square crop.
 
     Called as ``augment(item, rng)`` on a dataset item dict (``image`` uint8
-    (3, H, W), optional ``mask``/``target`` (H, W) label maps); returns the
-    item with ``image`` float32 (3, crop, crop) and the label maps cropped
-    alike (255 padding).
+    (3, H, W), optional ``mask``/``target`` (H, W) label maps, optional
+    float score maps (K, H, W) named in ``score_keys``); returns the item with
+    ``image`` float32 (3, crop, crop), the label maps cropped alike (nearest
+    resizing, 255 padding) and the score maps cropped alike (bilinear
+    resizing, 0 padding: PSA's affinity-label scores).
     """
 
     def __init__(self, crop: int, *, resize_long: tuple[int, int] | None = None,
                  resize_short: int | None = None, flip: bool = True,
                  jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1),
-                 label_keys: Sequence[str] = ("mask",)):
+                 label_keys: Sequence[str] = ("mask",), score_keys: Sequence[str] = ()):
         if resize_long is not None and resize_short is not None:
             raise ValueError("TrainAugment: give resize_long or resize_short, not both")
         if crop < 1:
@@ -126,11 +128,13 @@ class TrainAugment:
         self.flip = flip
         self.jitter = jitter
         self.label_keys = tuple(label_keys)
+        self.score_keys = tuple(score_keys)
 
     def __call__(self, item: dict, rng: np.random.Generator) -> dict:
         item = dict(item)
         image = item["image"].float()
         labels = {k: item[k] for k in self.label_keys if k in item}
+        scores = {k: item[k].float() for k in self.score_keys if k in item}
         height, width = image.shape[-2:]
         if self.resize_long is not None:
             size = scaled_size(height, width, long=int(rng.integers(self.resize_long[0],
@@ -141,13 +145,15 @@ class TrainAugment:
             size = (height, width)
         image = resize(image, size)
         labels = {k: resize(v, size, label=True) for k, v in labels.items()}
+        scores = {k: resize(v, size) for k, v in scores.items()}
         if self.flip and rng.random() < 0.5:
             image = image.flip(-1)
             labels = {k: v.flip(-1) for k, v in labels.items()}
+            scores = {k: v.flip(-1) for k, v in scores.items()}
         if self.jitter is not None:
             image = colour_jitter(image, rng, *self.jitter)
-        crops = random_crop([normalize(image), *labels.values()], self.crop, rng,
-                            [0.0] + [VOID] * len(labels))
+        crops = random_crop([normalize(image), *labels.values(), *scores.values()], self.crop, rng,
+                            [0.0] + [VOID] * len(labels) + [0.0] * len(scores))
         item["image"] = crops[0]
-        item.update(zip(labels, crops[1:]))
+        item.update(zip([*labels, *scores], crops[1:]))
         return item

@@ -1,0 +1,181 @@
+"""``wsss-fast make-aff-labels``, ``train-aff`` and ``rw``: AffinityNet's
+labels from CAMs, its training, and the random walk (PSA's infer_cls CRF
+step, train_aff and infer_aff)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import int_at_least
+
+BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
+               "PSA's index construction drops)")
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """argparse ``type=`` for KEY=VALUE, the value parsed as YAML (numbers,
+    booleans, strings)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
+    p.add_argument("--split", default=split, help=f"split name or list file (default {split})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--num-workers", type=int_at_least(0), default=2, metavar="N",
+                   help="data-loading worker processes (default 2)")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "make-aff-labels", help="AffinityNet's labels: low/high-alpha dense CRFs of the CAMs",
+        description="For each image, a dense CRF of [(1 - max CAM)^alpha, CAMs] with a low and a high "
+                    "alpha (PSA); writes the marginals to OUT/la and OUT/ha (score .npz at image "
+                    "resolution, keys [0, classes]). Resumes (skips images whose two files exist); "
+                    "shards over torchrun ranks; CRFs run over a process pool.")
+    _common(p, "train_aug")
+    p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--low-alpha", type=positive_float, default=4.0, metavar="A",
+                   help="background exponent of the confident-foreground CRF (default 4)")
+    p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
+                   help="background exponent of the confident-background CRF (default 32; paper 24)")
+    p.add_argument("--crf", choices=("psa", "deeplab"), default="psa", help="CRF preset (default psa)")
+    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+                   help="CRF processes (default: every core)")
+    p.add_argument("--encoding", choices=("uint8", "float16"), default="uint8",
+                   help="score-file encoding (default uint8)")
+    p.set_defaults(func=run_make_labels)
+
+    p = subparsers.add_parser(
+        "train-aff", help="train AffinityNet on the labels of make-aff-labels",
+        description="PSA's train_aff: defaults batch 8, 8 epochs, SGD lr 0.1 poly 0.9, wd 5e-4, "
+                    "momentum 5e-4 (PSA's optimiser quirk), crop 448, flip, colour jitter, no "
+                    "rescaling. The backbone comes from a train-cls model (--init) or is built by "
+                    "name with optional pretrained weights (--backbone, --weights: PSA starts from "
+                    "ImageNet weights). Writes final.pt, checkpoints and log.jsonl to --out.")
+    _common(p, "train_aug")
+    p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-aff-labels")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g = p.add_argument_group("network")
+    g.add_argument("--init", metavar="PATH", help="classifier final.pt (or its folder) whose backbone to start from")
+    g.add_argument("--backbone", help="backbone name (instead of --init)")
+    g.add_argument("--weights", metavar="FILE", help="pretrained backbone weights for --backbone")
+    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. width=16)")
+    g.add_argument("--head-norm", choices=("gn", "none"), default="gn",
+                   help="GroupNorm after the head's projections (PSA's VGG-16 head; default) or none "
+                        "(PSA's ResNet-38 head)")
+    g.add_argument("--radius", type=int_at_least(2), default=5, help="pair radius on the grid (default 5)")
+    g.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--epochs", type=int_at_least(1), default=8)
+    t.add_argument("--batch-size", type=int_at_least(1), default=8)
+    t.add_argument("--lr", type=positive_float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--momentum", type=float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--crop", type=int_at_least(8), default=448, help="random square crop side (px)")
+    t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
+                   help="random long-side resize range (px; PSA's train_aff: none)")
+    t.add_argument("--no-jitter", action="store_true", help="no colour jitter")
+    _device(p)
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "rw", help="random walk of the CAMs along AffinityNet's affinities -> label maps",
+        description="PSA's infer_aff: background (1 - max CAM)^alpha, maps pooled to the stride-8 "
+                    "grid, sparse random walk (beta, steps), upsampled, argmax -> OUT/<name>.png "
+                    "(evaluable with wsss-fast eval). Resumes; shards over torchrun ranks.")
+    _common(p, "train")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-aff final.pt or its folder")
+    p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label-map folder")
+    p.add_argument("--scores", type=Path, metavar="DIR", help="also write the propagated maps <name>.npz here")
+    p.add_argument("--alpha", type=positive_float, default=16.0, help="background exponent (default 16)")
+    p.add_argument("--beta", type=positive_float, default=8.0, help="affinity exponent (default 8; IRN 10)")
+    p.add_argument("--steps", type=int_at_least(0), default=256, help="walk steps (default 256 = 2^logt)")
+    p.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
+    p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="same-size images per batch (default 8)")
+    _device(p)
+    p.set_defaults(func=run_rw)
+
+
+def _default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_make_labels(args: argparse.Namespace) -> None:
+    from ..affinity_labels import make_affinity_labels
+    from ..data.voc import VOCRoot
+
+    voc = VOCRoot(args.voc)
+    summary = make_affinity_labels(voc, voc.split(args.split), args.cam, args.out,
+                                   alphas=(args.low_alpha, args.high_alpha), crf=args.crf,
+                                   workers=args.workers, encoding=args.encoding,
+                                   progress=not args.no_progress)
+    print(f"make-aff-labels: {summary['written']} written, {summary['skipped']} already done, "
+          f"in {summary['seconds']:.1f} s -> {args.out}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from ..affinity_training import AugmentSettings, BackboneInit, psa_train_config, train_affinity
+    from ..data.dataset import VOCSegmentation
+
+    init = BackboneInit(name=args.backbone, options=dict(args.backbone_option), weights=args.weights,
+                        classifier=args.init)
+    cfg = psa_train_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
+                           num_workers=args.num_workers)
+    augment = AugmentSettings(crop=args.crop, resize_long=tuple(args.resize_long) if args.resize_long else None,
+                              jitter=None if args.no_jitter else AugmentSettings.jitter)
+    images = VOCSegmentation(args.voc, args.split, labels=False)
+    final = train_affinity(images, args.labels, args.out, init, cfg=cfg, augment=augment,
+                           radius=args.radius, head_norm=args.head_norm, border=args.border,
+                           resume=args.resume, device=_default_device(args.device),
+                           progress=not args.no_progress)
+    print(f"train-aff: wrote {final}")
+
+
+def run_rw(args: argparse.Namespace) -> None:
+    from ..data.voc import VOCRoot
+    from ..models.affinity_net import load_affinity_net
+    from ..rw_stage import WalkSettings, run_random_walk
+
+    voc = VOCRoot(args.voc)
+    names = voc.split(args.split)
+    model = load_affinity_net(args.model)
+    settings = WalkSettings(alpha=args.alpha, beta=args.beta, n_steps=args.steps, border=args.border)
+    summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
+                              crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
+                              device=_default_device(args.device), num_workers=args.num_workers,
+                              progress=not args.no_progress)
+    print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "
+          f"({summary['images_per_second']:.2f} images/s), {summary['skipped']} already done -> {args.out}")

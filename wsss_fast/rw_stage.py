@@ -1,0 +1,204 @@
+"""The random-walk stage (``wsss-fast rw``; PSA's infer_aff): CAMs propagated
+along the affinities of a trained AffinityNet, then label maps.
+
+Per image, as PSA: the background row (1 - max_c CAM)^alpha (alpha 16) is
+computed at image resolution; image and maps are zero-padded at the bottom
+and right to a multiple of the network stride (8), the maps average-pooled
+by it; the network's affinities of the padded image drive
+:func:`wsss_fast.ops.random_walk` (beta 8, 256 steps); the result is
+upsampled bilinearly to the padded size, cropped to the image and its
+argmax over [bg, classes of the image] is the label. ``border`` picks the
+pairs of the walk ("all", or "psa" to drop those PSA's index construction
+drops). An optional dense CRF on the propagated maps (each pixel's scores
+divided by their sum) gives the label instead.
+
+Images of the same size go through the network and the walk together.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import distributed, ops
+from .affinity_labels import background_score, check_cams
+from .crf import imap_dense_crf
+from .data.voc import VOCRoot
+from .errors import DataError
+from .models.affinity_net import AffinityNet
+from .storage import load_scores, save_label_png, save_scores
+from .transforms import normalize
+
+
+@dataclass
+class WalkSettings:
+    """PSA's infer_aff defaults: background exponent ``alpha`` 16, affinity
+    exponent ``beta`` 8, ``n_steps`` 256 (logt 8); ``border`` "all" or "psa"."""
+    alpha: float = 16.0
+    beta: float = 8.0
+    n_steps: int = 256
+    border: str = "all"
+
+
+@dataclass
+class Propagated:
+    """One image's result: ``keys`` (K + 1,) labels of the channels (0 first),
+    ``scores`` float32 (K + 1, H, W) propagated maps, ``label`` (H, W) uint8."""
+    name: str
+    image: np.ndarray
+    keys: np.ndarray
+    scores: np.ndarray
+    label: np.ndarray
+
+
+@torch.no_grad()
+def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
+              settings: WalkSettings) -> torch.Tensor:
+    """The walk of a batch of same-sized images.
+
+    Args:
+        model: AffinityNet in eval mode, on the images' device.
+        images: (B, 3, H, W) uint8 or float RGB in [0, 255].
+        cams: (B, K, H, W) max-normalised object CAMs in [0, 1] at image
+            resolution (channels beyond an image's classes all zero).
+
+    Returns:
+        (B, K + 1, H, W) float32 propagated maps, channel 0 the background.
+    """
+    _, _, h, w = images.shape
+    s = model.stride
+    cams = cams.float()
+    bg = torch.stack([background_score(c, settings.alpha) for c in cams])[:, None]
+    maps = torch.cat([bg, cams], 1)
+    pad = (0, -w % s, 0, -h % s)
+    x = F.pad(normalize(images), pad)
+    grid = F.avg_pool2d(F.pad(maps, pad), s)
+    aff = model(x)
+    if aff.shape[-2:] != grid.shape[-2:]:
+        raise ValueError(f"the network's grid {tuple(aff.shape[-2:])} does not match the padded "
+                         f"image's {tuple(grid.shape[-2:])} (stride {s})")
+    walked = ops.random_walk(grid.contiguous(), aff.to(grid.dtype), model.radius, settings.beta,
+                             settings.n_steps, settings.border)
+    up = F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up[..., :h, :w]
+
+
+class _WalkInputs(Dataset):
+    """(name, image (H, W, 3) uint8, keys (K,), cams (K, H, W)) per image."""
+
+    def __init__(self, voc: VOCRoot, names: Sequence[str], cam_dir: Path):
+        self.voc, self.names, self.cam_dir = voc, list(names), cam_dir
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        name = self.names[index]
+        image = self.voc.load_image(name)
+        cams = load_scores(self.cam_dir / f"{name}.npz")
+        check_cams(cams, name, image.shape[:2], self.cam_dir)
+        return name, image, cams.keys, np.clip(cams.data, 0, 1)
+
+
+def _same_size_batches(voc: VOCRoot, names: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` images of one size (sizes read
+    from the file headers), in order of first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, name in enumerate(names):
+        with Image.open(voc.image_path(name)) as image:
+            groups.setdefault(image.size, []).append(i)
+    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
+                settings: WalkSettings, *, batch_size: int = 8, device: str = "cpu",
+                num_workers: int = 0) -> Iterator[Propagated]:
+    """:func:`propagate` over ``names``, batched by image size; yields each
+    image's result (argmax labels) as its batch finishes."""
+    cam_dir = Path(cam_dir)
+    batches = _same_size_batches(voc, names, batch_size)
+    loader = DataLoader(_WalkInputs(voc, names, cam_dir), batch_sampler=batches,
+                        num_workers=num_workers, collate_fn=list)
+    for batch in loader:
+        k = max(len(keys) for _, _, keys, _ in batch)
+        h, w = batch[0][1].shape[:2]
+        cams = torch.zeros(len(batch), k, h, w)
+        for i, (_, _, keys, data) in enumerate(batch):
+            cams[i, :len(keys)] = torch.from_numpy(data)
+        images = torch.from_numpy(np.stack([image for _, image, _, _ in batch])).permute(0, 3, 1, 2)
+        scores = propagate(model, images.to(device), cams.to(device), settings).cpu().numpy()
+        for (name, image, keys, _), s in zip(batch, scores):
+            s = s[:len(keys) + 1]
+            keys = np.concatenate([[0], keys])
+            yield Propagated(name, image, keys, s, keys[s.argmax(0)].astype(np.uint8))
+
+
+def with_crf(results: Iterator[Propagated], preset: str, *, workers: int | None = None
+             ) -> Iterator[Propagated]:
+    """``results`` with each label replaced by the argmax of a dense CRF on the
+    propagated maps normalised to sum 1 per pixel (process pool)."""
+    pending: deque[Propagated] = deque()
+
+    def pairs():
+        for r in results:
+            pending.append(r)
+            yield r.image, r.scores / np.maximum(r.scores.sum(0, keepdims=True), 1e-12)
+
+    for q in imap_dense_crf(pairs(), preset, workers=workers, progress=False):
+        r = pending.popleft()
+        r.label = r.keys[q.argmax(0)].astype(np.uint8)
+        yield r
+
+
+def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
+                    out_dir: str | os.PathLike, settings: WalkSettings, *,
+                    scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
+                    crf: str | None = None, crf_workers: int | None = None, batch_size: int = 8,
+                    device: str = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
+    """Writes ``out_dir/<name>.png`` label maps (and the propagated maps as
+    ``scores_dir/<name>.npz``, keys [0, classes]) for every image; images
+    whose outputs exist are skipped (resume), the rest sharded over the
+    torchrun ranks.
+
+    Returns:
+        {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
+    """
+    cam_dir, out_dir = Path(cam_dir), Path(out_dir)
+    scores_dir = Path(scores_dir) if scores_dir is not None else None
+
+    def done(name: str) -> bool:
+        return (out_dir / f"{name}.png").is_file() and (
+            scores_dir is None or (scores_dir / f"{name}.npz").is_file())
+
+    todo = [n for n in names if not done(n)]
+    skipped = len(names) - len(todo)
+    todo = distributed.shard(todo)
+    missing = [n for n in todo if not (cam_dir / f"{n}.npz").is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"missing CAM files {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
+                        f"in {cam_dir}")
+    voc.check_images(todo)
+    model = model.eval().to(device)
+    start = time.perf_counter()
+    results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
+                          num_workers=num_workers)
+    if crf is not None:
+        results = with_crf(results, crf, workers=crf_workers)
+    for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
+        if scores_dir is not None:
+            save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)
+        save_label_png(out_dir / f"{r.name}.png", r.label)
+    seconds = time.perf_counter() - start
+    return {"written": len(todo), "skipped": skipped, "seconds": seconds,
+            "images_per_second": len(todo) / seconds if seconds > 0 else 0.0}
