@@ -161,8 +161,10 @@ def test_rw_bad_inputs(trained, tmp_path, capsys):
         save_scores(bad_cam / f"{n}.npz", [1], np.ones((1, 40, 48)))
     wrong = [*argv]
     wrong[wrong.index("--cam") + 1] = str(bad_cam)
+    wrong[wrong.index("--num-workers") + 1] = "1"  # raised in a loader worker: still one line
     assert cli.main(wrong) == 2
-    assert "is 48x40 but its image is 48x48" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is 48x40 but its image is 48x48" in err and err.count("\n") == 1
 
     not_aff = [*argv]
     not_aff[not_aff.index("--model") + 1] = str(tmp_path / "nomodel")

@@ -94,7 +94,9 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
 
 
 class _WalkInputs(Dataset):
-    """(name, image (H, W, 3) uint8, keys (K,), cams (K, H, W)) per image."""
+    """(name, image (H, W, 3) uint8, keys (K,), cams (K, H, W)) per image, or
+    the DataError that reading them raised (re-raised by the main process, so
+    that the command line prints it as one line)."""
 
     def __init__(self, voc: VOCRoot, names: Sequence[str], cam_dir: Path):
         self.voc, self.names, self.cam_dir = voc, list(names), cam_dir
@@ -104,9 +106,12 @@ class _WalkInputs(Dataset):
 
     def __getitem__(self, index: int):
         name = self.names[index]
-        image = self.voc.load_image(name)
-        cams = load_scores(self.cam_dir / f"{name}.npz")
-        check_cams(cams, name, image.shape[:2], self.cam_dir)
+        try:
+            image = self.voc.load_image(name)
+            cams = load_scores(self.cam_dir / f"{name}.npz")
+            check_cams(cams, name, image.shape[:2], self.cam_dir)
+        except DataError as exc:
+            return exc
         return name, image, cams.keys, np.clip(cams.data, 0, 1)
 
 
@@ -130,6 +135,9 @@ def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir:
     loader = DataLoader(_WalkInputs(voc, names, cam_dir), batch_sampler=batches,
                         num_workers=num_workers, collate_fn=list)
     for batch in loader:
+        for item in batch:
+            if isinstance(item, DataError):
+                raise item
         k = max(len(keys) for _, _, keys, _ in batch)
         h, w = batch[0][1].shape[:2]
         cams = torch.zeros(len(batch), k, h, w)

@@ -110,7 +110,7 @@ def add_parser(subparsers) -> None:
         description="PSA's infer_aff: background (1 - max CAM)^alpha, maps pooled to the stride-8 "
                     "grid, sparse random walk (beta, steps), upsampled, argmax -> OUT/<name>.png "
                     "(evaluable with wsss-fast eval). Resumes; shards over torchrun ranks.")
-    _common(p, "train")
+    _common(p, "train_aug")
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-aff final.pt or its folder")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label-map folder")
