@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "wsss_fast.commands.make_demo_data",
     "wsss_fast.commands.evaluate",
     "wsss_fast.commands.report",
+    "wsss_fast.commands.train_cls",
 )
 
 

@@ -55,3 +55,27 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             else:
                 torch.maximum(fused, m, out=fused)
     return fused
+
+
+def image_sizes(paths: Sequence) -> list[tuple[int, int]]:
+    """(H, W) of each image file, read from its header (no decoding)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append((image.height, image.width))
+    return sizes
+
+
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` images that share one size, so
+    that they stack without padding (VOC has few distinct sizes). Sizes keep
+    the order of their first appearance; indices within a size stay in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [members[i:i + batch_size] for members in groups.values()
+            for i in range(0, len(members), batch_size)]
