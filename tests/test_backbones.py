@@ -303,17 +303,18 @@ def mxnet_name(psa_key: str) -> str:
     return f"{prefix}:bn{block}_{branch}_{bn_names[param]}"
 
 
-V2, V1 = 0xF993FAC9, 0xF993FAC8
+MAGICS = {"v1": 0xF993FAC8, "v2": 0xF993FAC9, "v3": 0xF993FACA}
 DTYPE_FLAGS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2}
 
 
 def nd_bytes(array: np.ndarray, version: str) -> bytes:
-    """One NDArray as mx.nd.save writes it (v2), as v1, or as a legacy array."""
+    """One NDArray as mx.nd.save writes it (v2; v3 the same with another magic), as v1, or
+    as a legacy array."""
     flag = DTYPE_FLAGS[array.dtype]
-    if version == "v2":
-        head = struct.pack("<Iii", V2, 0, array.ndim) + struct.pack(f"<{array.ndim}q", *array.shape)
+    if version in ("v2", "v3"):
+        head = struct.pack("<Iii", MAGICS[version], 0, array.ndim) + struct.pack(f"<{array.ndim}q", *array.shape)
     elif version == "v1":
-        head = struct.pack("<Ii", V1, array.ndim) + struct.pack(f"<{array.ndim}q", *array.shape)
+        head = struct.pack("<Ii", MAGICS["v1"], array.ndim) + struct.pack(f"<{array.ndim}q", *array.shape)
     else:
         head = struct.pack("<I", array.ndim) + struct.pack(f"<{array.ndim}I", *array.shape)
     data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -329,7 +330,7 @@ def write_params(path: Path, arrays: dict[str, np.ndarray], versions=("v2",)) ->
     path.write_bytes(b"".join(out))
 
 
-def synthetic_mxnet_resnet38(path: Path, versions=("v2", "v1", "legacy")) -> dict[str, np.ndarray]:
+def synthetic_mxnet_resnet38(path: Path, versions=("v2", "v1", "legacy", "v3")) -> dict[str, np.ndarray]:
     """All of ResNet-38's MXNet names (plus its ImageNet classifier), each
     with a small array (real shapes would take 400 MB)."""
     rng = np.random.default_rng(0)
