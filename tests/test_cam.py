@@ -76,8 +76,8 @@ def test_batch_equals_per_image_loop(model, gen, name):
 def test_normalisation_and_fusion_rules():
     """An identity 'network' (maps = the input's channels) makes every rule visible."""
     x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
-    channels = torch.tensor([0, 2])
-    relu = x.clamp(min=0)[:, channels]
+    channels = torch.tensor([[0, 2], [2, 1]])  # per image
+    relu = x.clamp(min=0).gather(1, channels[:, :, None, None].expand(-1, -1, 8, 12))
 
     def one_scale(**kw):
         return fused_maps(lambda t: t.clamp(min=0), x, channels, CamSettings(scales=(1.0,), **kw))
@@ -93,7 +93,7 @@ def test_normalisation_and_fusion_rules():
 
 def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
     images = normalize(torch.randint(0, 256, (3, 3, 33, 45), generator=gen, dtype=torch.uint8))
-    channels = torch.arange(NUM_CLASSES)
+    channels = torch.arange(NUM_CLASSES).repeat(3, 1)
     single = [fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(s,)))
               for s in (32, 48, 64)]
     fused = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64)))

@@ -21,8 +21,8 @@ pseudo_seg_label_gen.py uses them: not normalised, fused, clamped at 0.
 Where the engine differs from the reference scripts (values, not layout):
 the scaled images are resized with torch's bilinear filter on the
 normalised image (PSA: PIL bicubic on the 8-bit image; DRS: PIL bilinear to
-320 x 320, then torch bilinear to the size), and the maps are computed only
-for the classes of a batch's labels (the others would be zeroed anyway).
+320 x 320, then torch bilinear to the size), and only the maps of each
+image's label classes are resized and fused (the others would be zeroed).
 
 Batching: images of one size form a batch (``batch_size`` images), and
 every scale of a batch is one forward pass of all its images with their
@@ -120,15 +120,21 @@ def fused_maps(maps_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
     Args:
         maps_fn: (B, 3, h, w) -> (B, C, h', w') class maps.
         images: (N, 3, H, W) normalised images.
-        channels: (K,) int64 indices of the classes to compute, on the device.
+        channels: (N, K) int64 class indices (0-based) to compute for each
+            image, on the device; only these maps are resized to full
+            resolution and fused.
         settings: :class:`CamSettings`.
 
     Returns:
-        (N, K, H, W) float32 fused maps (max-normalised unless
-        ``settings.normalize`` is False).
+        (N, K, H, W) float32 fused maps, channel k of image i being class
+        ``channels[i, k]`` (max-normalised unless ``settings.normalize`` is False).
     """
-    def forward(x):
-        return maps_fn(x).index_select(1, channels)
+    n = len(images)
+
+    def forward(x):  # x: the n images, or the n images and their mirrors
+        maps = maps_fn(x)
+        index = channels.repeat(len(x) // n, 1)
+        return maps.gather(1, index[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
 
     size = tuple(images.shape[-2:])
     kwargs = dict(flip=settings.flip, size=size, fuse=settings.fuse, align_corners=settings.align_corners,
@@ -169,16 +175,17 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
         classes present, maps float32 (K, H, W) on the CPU.
     """
     present = labels.to(images.device) > 0.5
-    channels = present.any(dim=0).nonzero().flatten()
+    counts = present.sum(dim=1)
     height, width = images.shape[-2:]
-    if channels.numel() == 0:
+    if int(counts.max()) == 0:
         return [(np.zeros(0, np.int64), np.zeros((0, height, width), np.float32))] * len(images)
+    # each image's classes first (ascending), padded with other indices up to the largest count
+    order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :int(counts.max())]
     with torch.autocast(images.device.type, enabled=amp):
-        fused = fused_maps(model.class_maps, normalize(images), channels, settings)
+        fused = fused_maps(model.class_maps, normalize(images), order, settings)
     out = []
-    for i in range(len(images)):
-        pos = present[i, channels].nonzero().flatten()
-        out.append(((channels[pos] + 1).cpu().numpy(), fused[i].index_select(0, pos).cpu().numpy()))
+    for i, k in enumerate(counts.tolist()):
+        out.append(((order[i, :k] + 1).cpu().numpy(), fused[i, :k].cpu().numpy()))
     return out
 
 
