@@ -29,8 +29,10 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
         align_corners: of the bilinear resizing of the maps to ``size``
             (False as PSA and SC-CAM; DRS resizes with True). The images are
             always resized with False.
-        per_pass: applied to each pass's resized (N, K, H_out, W_out) maps
-            before fusing, e.g. DRS's max-normalisation of every pass.
+        per_pass: applied to the resized maps of each scale, (N, K, H_out,
+            W_out) or with ``flip`` (2N, ...) holding the mirrored pass too,
+            before fusing; it must treat every map on its own (e.g. DRS's
+            max-normalisation of every pass).
 
     Returns:
         (N, K, H_out, W_out) float32: every pass's maps resized bilinearly
