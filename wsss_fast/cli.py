@@ -25,6 +25,9 @@ COMMAND_MODULES = (
     "wsss_fast.commands.evaluate",
     "wsss_fast.commands.report",
     "wsss_fast.commands.train_cls",
+    "wsss_fast.commands.make_cam",
+    "wsss_fast.commands.train_refine",
+    "wsss_fast.commands.make_labels",
 )
 
 
