@@ -46,7 +46,7 @@ def test_presets_follow_the_references():
     assert cam.train.momentum == 5e-4 and cam.train.schedule == "poly"  # PSA's PolyOptimizer quirk
     assert (drs.backbone, drs.backbone_options, drs.train.batch_size, drs.train.lr) == \
         ("vgg16_d1", {"drs": "learnable"}, 5, 1e-3)
-    assert drs.train.nesterov and drs.train.milestones == (5, 10) and drs.augment["resize_short"] == 384
+    assert drs.train.nesterov and drs.train.milestones == (4, 9) and drs.augment["resize_short"] == 384
     assert (sccam.subcategories, sccam.sub_weight, sccam.train.batch_size, sccam.augment["crop"]) == (10, 5.0, 16, 224)
     assert cam.train.lr_mult == (1.0, 2.0, 10.0, 20.0)
 

@@ -62,7 +62,9 @@ def preset(method: str) -> MethodPreset:
         weight decay positionally into SGD's *momentum* slot, so its
         effective momentum is 5e-4; we reproduce that (momentum=0.0005).
     drs: DRS's VGG-16 D1 with learnable DRS at all 16 positions, batch 5, 15
-        epochs, SGD nesterov momentum 0.9 lr 1e-3, x0.1 at epochs 5 and 10,
+        epochs, SGD nesterov momentum 0.9 lr 1e-3, x0.1 from the 5th and the
+        10th epoch (the code's decay_points 5,10 count epochs from 1, so
+        milestones (4, 9) here, which count from 0),
         wd 5e-4, resize short side 384, crop 320, jitter (0.3, 0.3, 0.3, 0.1).
     sccam: SC-CAM's code: ResNet-38 with a K=10 sub-category head, loss
         weight lambda 5, batch 16, SGD poly lr 0.01 (same optimiser quirk as
@@ -76,7 +78,7 @@ def preset(method: str) -> MethodPreset:
     if method == "drs":
         return MethodPreset("vgg16_d1", {"drs": "learnable"}, 0.0, 0, 0.0,
                             TrainConfig(epochs=15, batch_size=5, lr=1e-3, momentum=0.9, nesterov=True,
-                                        schedule="step", milestones=(5, 10)),
+                                        schedule="step", milestones=(4, 9)),
                             {"crop": 320, "resize_short": 384})
     if method == "sccam":
         return MethodPreset("resnet38", {}, 0.5, 10, 5.0,
