@@ -19,6 +19,8 @@ import yaml
 
 from .errors import UsageError
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped configs (also ./configs in the repo)
+
 TOP_KEYS = {
     "voc": "VOC-style root (images, masks or cls_labels.npy)",
     "out": "output folder of the run (one subfolder per stage)",

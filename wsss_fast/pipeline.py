@@ -115,13 +115,14 @@ STAGES = [
     Stage("eval-cam", "eval-cam",
           lambda r, d: {"cam": r.dir("make-cam"), **r.evaluation(r.train_split, d)}, "CAM"),
     Stage("train-refine", "train-refine",
-          lambda r, d: {**r.data(r.train_split), "cam": r.dir("make-cam"), "out": d, "resume": True,
-                        **r.compute()}),
+          lambda r, d: {**r.data(r.train_split), "classifier": r.dir("train-cls"), "cams": r.dir("make-cam"),
+                        "out": d, "resume": True, **r.compute()}),
     Stage("make-cam-refined", "make-cam",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-refine"), "out": d, **r.compute()}),
     Stage("eval-cam-refined", "eval-cam",
           lambda r, d: {"cam": r.dir("make-cam-refined"), **r.evaluation(r.train_split, d)}, "CAM (refined)"),
-    Stage("make-labels", "make-labels", lambda r, d: {"cam": r.cams(), "out": d}),
+    Stage("make-labels", "make-labels",
+          lambda r, d: {"cam": r.cams(), "names": r.split_file(r.train_split), "out": d}),
     Stage("eval-labels", "eval",
           lambda r, d: {"pred": r.dir("make-labels"), **r.evaluation(r.train_split, d)}, "CAM pseudo labels"),
     Stage("make-aff-labels", "make-aff-labels",
@@ -189,6 +190,19 @@ def validate(config: dict) -> Run:
                 raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
             options_to_argv(parsers[stage.command], run.options[stage.name], f"stages.{stage.name}")
     return run
+
+
+def describe(run: Run) -> str:
+    """The command line of every enabled stage, for ``run --check``."""
+    from .cli import build_parser
+
+    parsers = _subparsers(build_parser())
+    lines = []
+    for stage in (s for s in STAGES if run.has(s.name)):
+        options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
+        argv = options_to_argv(parsers[stage.command], options, f"stages.{stage.name}")
+        lines.append(f"[{stage.name}] wsss-fast {stage.command} {' '.join(argv)}")
+    return "\n".join(lines)
 
 
 def run_pipeline(config: dict, *, progress: bool = True) -> dict:
