@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "wsss_fast.commands.make_cam",
     "wsss_fast.commands.train_refine",
     "wsss_fast.commands.make_labels",
+    "wsss_fast.commands.train_seg",
+    "wsss_fast.commands.infer_seg",
 )
 
 

@@ -4,14 +4,17 @@ A final.pt (see :class:`wsss_fast.training.Trainer`) holds ``model`` (the
 state dict), ``config`` and ``metadata``, which says how to rebuild the
 network::
 
-    kind              "classifier" (train-cls) or "refine" (train-refine)
+    kind              "classifier" (train-cls), "refine" (train-refine) or
+                      "segmentation" (train-seg)
     backbone          registry name (wsss_fast.models.BACKBONES)
     backbone_options  keyword options of that backbone's factory
-    num_classes       C, object classes (background excluded)
+    num_classes       C, object classes (background excluded); segmentation:
+                      C + 1, the classes of its output (background included)
     class_names       background first
     subcategories     classifiers only: K of SC-CAM's second head, or 0
     dropout           classifiers only: dropout before the heads
     method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
+    head              segmentation only: "aspp" or "largefov"
 
 The backbone is built without pretrained weights (the state dict replaces
 them). Every error names the file.
@@ -26,6 +29,7 @@ from torch import nn
 from ..errors import UsageError
 from ..training import FINAL, load_final
 from .classifier import Classifier
+from .deeplab import DeepLab
 from .refine import RefineNet
 from .registry import build_backbone
 
@@ -76,6 +80,8 @@ def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
         model = Classifier(backbone, int(meta["num_classes"]),
                            subcategories=int(meta.get("subcategories") or 0),
                            dropout=float(meta.get("dropout") or 0.0))
+    elif meta["kind"] == "segmentation":
+        model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
     else:
         model = RefineNet(backbone, int(meta["num_classes"]))
     _load_state(model, state, path, f"{meta['backbone']} {meta['kind']}")
@@ -98,4 +104,11 @@ def load_cam_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """A classifier or a refinement network (both have ``class_maps``) and
     its metadata, for CAM inference."""
     state, meta = read_checkpoint(path)
+    return build_model(state, meta, path), meta
+
+
+def load_deeplab(path: str | os.PathLike) -> tuple[DeepLab, dict]:
+    """The :class:`DeepLab` network saved in a train-seg final.pt (or its
+    folder) and its metadata (``class_names`` ...)."""
+    state, meta = read_checkpoint(path, ("segmentation",))
     return build_model(state, meta, path), meta

@@ -76,17 +76,21 @@ class VGG16D1(Backbone):
             (default 0.55, the paper's best); only with ``drs="delta"``.
         drs_layers: 1-based positions of the activations that become DRS
             modules: 1..13 follow the VGG convolutions (conv1_1 ... conv5_3),
-            14..16 the extra convolutions. Default: all 16. A list of ints or a
-            comma-separated string.
+            14..16 the extra convolutions. Default: all 16 (13 without extra
+            convolutions). A list of ints or a comma-separated string.
+        extra_convs: False leaves out the three extra convolutions, so that
+            the output is relu5_3, the features DeepLab-LargeFOV's head takes.
 
     ``forward_stages`` returns relu4_3 (the end of the last downsampling
-    block), relu5_3 and the last extra activation: (N, 512, ceil(H/8),
-    ceil(W/8)) each, the depths PSA's VGG AffinityNet takes (conv4, conv5 and
-    the network's last features).
+    block), relu5_3 and the last extra activation (relu5_3 again without
+    extra convolutions): (N, 512, ceil(H/8), ceil(W/8)) each, the depths PSA's
+    VGG AffinityNet takes (conv4, conv5 and the network's last features).
     """
 
-    def __init__(self, drs: str = "none", delta: float | None = None, drs_layers=None):
+    def __init__(self, drs: str = "none", delta: float | None = None, drs_layers=None,
+                 extra_convs: bool = True):
         super().__init__()
+        num_activations = NUM_ACTIVATIONS if extra_convs else NUM_ACTIVATIONS - _EXTRA_CONVS
         if drs not in DRS_MODES:
             raise UsageError(f"vgg16_d1: drs must be one of {', '.join(DRS_MODES)}, got {drs!r}")
         if delta is not None and drs != "delta":
@@ -98,7 +102,10 @@ class VGG16D1(Backbone):
             if not isinstance(delta, (int, float)) or not (math.isfinite(delta) and 0.0 <= delta <= 1.0):
                 raise UsageError(f"vgg16_d1: delta must be in [0, 1], got {delta!r}")
         layers = frozenset() if drs == "none" else (
-            frozenset(range(1, NUM_ACTIVATIONS + 1)) if drs_layers is None else _parse_layers(drs_layers))
+            frozenset(range(1, num_activations + 1)) if drs_layers is None else _parse_layers(drs_layers))
+        if max(layers, default=0) > num_activations:
+            raise UsageError(f"vgg16_d1: drs_layers {sorted(v for v in layers if v > num_activations)} "
+                             "are extra convolutions, which extra_convs=False leaves out")
         self.drs = drs
         self.delta = float(delta) if drs == "delta" else None
         self.drs_layers = tuple(sorted(layers))
@@ -129,9 +136,9 @@ class VGG16D1(Backbone):
                 features.append(nn.MaxPool2d(3, 1, padding=1))
         self.features = nn.Sequential(*features)
         extra: list[nn.Module] = []
-        for _ in range(_EXTRA_CONVS):
+        for _ in range(_EXTRA_CONVS if extra_convs else 0):
             extra += [nn.Conv2d(512, 512, 3, padding=1), activation(512)]
-        self.extra = nn.Sequential(*extra)
+        self.extra = nn.Sequential(*extra)  # empty: the identity
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 _conv_init(m)
@@ -155,11 +162,11 @@ class VGG16D1(Backbone):
 
 
 def vgg16_d1(weights: str | os.PathLike | None = None, drs: str = "none", delta: float | None = None,
-             drs_layers=None) -> VGG16D1:
+             drs_layers=None, extra_convs: bool = True) -> VGG16D1:
     """VGG-16 D1 (see :class:`VGG16D1` for the options), initialised from a
     torchvision-format VGG-16 state dict (``features.N.weight/bias``;
     ``classifier.*`` reported as unexpected) or randomly (``weights=None``)."""
-    model = VGG16D1(drs=drs, delta=delta, drs_layers=drs_layers)
+    model = VGG16D1(drs=drs, delta=delta, drs_layers=drs_layers, extra_convs=extra_convs)
     if weights is not None:
         load_backbone_weights(model, weights, what="VGG-16")
     return model
