@@ -26,6 +26,8 @@ TOP_KEYS = {
     "out": "output folder of the run (one subfolder per stage)",
     "device": "torch device for every stage (default: cuda if available, else cpu)",
     "train_split": "split the networks train on and pseudo labels are made for",
+    "eval_split": "split (a subset of train_split with masks) the pseudo labels are scored on; "
+                  "default train_split",
     "val_split": "split the segmentation network is evaluated on",
     "stages": "mapping: stage name -> options of its command (flags without the dashes)",
 }

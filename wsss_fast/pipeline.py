@@ -58,6 +58,7 @@ class Run:
         self.device = config.get("device")
         self.train_split = config.get("train_split", "train")
         self.val_split = config.get("val_split", "val")
+        self.eval_split = config.get("eval_split", self.train_split)
         stages = config.get("stages") or {}
         self.options = {name: dict(stages[name] or {}) for name in stages}
         self.enabled = [s.name for s in STAGES if s.name in self.options
@@ -113,18 +114,18 @@ STAGES = [
     Stage("make-cam", "make-cam",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-cls"), "out": d, **r.compute()}),
     Stage("eval-cam", "eval-cam",
-          lambda r, d: {"cam": r.dir("make-cam"), **r.evaluation(r.train_split, d)}, "CAM"),
+          lambda r, d: {"cam": r.dir("make-cam"), **r.evaluation(r.eval_split, d)}, "CAM"),
     Stage("train-refine", "train-refine",
           lambda r, d: {**r.data(r.train_split), "classifier": r.dir("train-cls"), "cams": r.dir("make-cam"),
                         "out": d, "resume": True, **r.compute()}),
     Stage("make-cam-refined", "make-cam",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-refine"), "out": d, **r.compute()}),
     Stage("eval-cam-refined", "eval-cam",
-          lambda r, d: {"cam": r.dir("make-cam-refined"), **r.evaluation(r.train_split, d)}, "CAM (refined)"),
+          lambda r, d: {"cam": r.dir("make-cam-refined"), **r.evaluation(r.eval_split, d)}, "CAM (refined)"),
     Stage("make-labels", "make-labels",
           lambda r, d: {"cam": r.cams(), "names": r.split_file(r.train_split), "out": d}),
     Stage("eval-labels", "eval",
-          lambda r, d: {"pred": r.dir("make-labels"), **r.evaluation(r.train_split, d)}, "CAM pseudo labels"),
+          lambda r, d: {"pred": r.dir("make-labels"), **r.evaluation(r.eval_split, d)}, "CAM pseudo labels"),
     Stage("make-aff-labels", "make-aff-labels",
           lambda r, d: {**r.data(r.train_split), "cam": r.cams(), "out": d}),
     Stage("train-aff", "train-aff",
@@ -133,12 +134,12 @@ STAGES = [
     Stage("rw", "rw",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-aff"), "cam": r.cams(), "out": d,
                         **r.compute()}),
-    Stage("eval-rw", "eval", lambda r, d: {"pred": r.dir("rw"), **r.evaluation(r.train_split, d)}, "CAM + RW"),
+    Stage("eval-rw", "eval", lambda r, d: {"pred": r.dir("rw"), **r.evaluation(r.eval_split, d)}, "CAM + RW"),
     Stage("rw-crf", "rw",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-aff"), "cam": r.cams(), "out": d,
                         "crf": "psa", **r.compute()}),
     Stage("eval-rw-crf", "eval",
-          lambda r, d: {"pred": r.dir("rw-crf"), **r.evaluation(r.train_split, d)}, "CAM + RW + CRF"),
+          lambda r, d: {"pred": r.dir("rw-crf"), **r.evaluation(r.eval_split, d)}, "CAM + RW + CRF"),
     Stage("train-seg", "train-seg",
           lambda r, d: {**r.data(r.train_split), "labels": r.pseudo_labels(), "out": d, "resume": True,
                         **r.compute()}),
