@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "wsss_fast.commands.make_labels",
     "wsss_fast.commands.train_seg",
     "wsss_fast.commands.infer_seg",
+    "wsss_fast.commands.run",
+    "wsss_fast.commands.demo",
 )
 
 
