@@ -18,7 +18,7 @@ test: install
 	$(PYTHON) -m pytest -q
 
 demo: install
-	$(PYTHON) benchmarks/bench_drs.py
+	$(PYTHON) -m wsss_fast demo --out demo-run
 
 bench: install
 	$(PYTHON) benchmarks/bench_drs.py

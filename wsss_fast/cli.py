@@ -24,6 +24,14 @@ COMMAND_MODULES = (
     "wsss_fast.commands.make_demo_data",
     "wsss_fast.commands.evaluate",
     "wsss_fast.commands.report",
+    "wsss_fast.commands.train_cls",
+    "wsss_fast.commands.make_cam",
+    "wsss_fast.commands.train_refine",
+    "wsss_fast.commands.make_labels",
+    "wsss_fast.commands.train_seg",
+    "wsss_fast.commands.infer_seg",
+    "wsss_fast.commands.run",
+    "wsss_fast.commands.demo",
     "wsss_fast.commands.affinity",
 )
 

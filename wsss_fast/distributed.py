@@ -26,6 +26,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def barrier() -> None:
+    """Waits until every rank gets here; a no-op for a single process. Under
+    torchrun it joins a gloo process group (created on first use). Inference
+    stages list their pending images, then meet here before writing any
+    output, so that every rank shards the same list."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
 def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None) -> list[T]:
     """The items one rank processes: every ``world``-th, from index ``rank``.
     Inference stages shard the list of images that still lack outputs, so a

@@ -12,7 +12,8 @@ FUSES = ("sum", "max")
 
 def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                     scales: Sequence[float], *, flip: bool = True, size: tuple[int, int] | None = None,
-                    fuse: str = "sum") -> torch.Tensor:
+                    fuse: str = "sum", align_corners: bool = False,
+                    per_pass: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Runs ``forward`` on ``images`` at every scale (and mirrored, with
     ``flip``), brings each output back to ``size`` and fuses them.
 
@@ -25,10 +26,17 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             originals, and mirror their maps back.
         size: (H_out, W_out) of the result (default (H, W)).
         fuse: "sum" over all passes (PSA, SC-CAM) or element-wise "max" (DRS).
+        align_corners: of the bilinear resizing of the maps to ``size``
+            (False as PSA and SC-CAM; DRS resizes with True). The images are
+            always resized with False.
+        per_pass: applied to the resized maps of each scale, (N, K, H_out,
+            W_out) or with ``flip`` (2N, ...) holding the mirrored pass too,
+            before fusing; it must treat every map on its own (e.g. DRS's
+            max-normalisation of every pass).
 
     Returns:
         (N, K, H_out, W_out) float32: every pass's maps resized bilinearly
-        (align_corners=False) to ``size``, then fused.
+        to ``size`` (and through ``per_pass``), then fused.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"multiscale_maps: images must be (N, 3, H, W), got {tuple(images.shape)}")
@@ -45,7 +53,9 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             images, size=scaled, mode="bilinear", align_corners=False)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = F.interpolate(forward(x).float(), size=size, mode="bilinear", align_corners=False)
+        maps = F.interpolate(forward(x).float(), size=size, mode="bilinear", align_corners=align_corners)
+        if per_pass is not None:
+            maps = per_pass(maps)
         passes = [maps[:n], maps[n:].flip(-1)] if flip else [maps]
         for m in passes:
             if fused is None:
@@ -55,3 +65,27 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             else:
                 torch.maximum(fused, m, out=fused)
     return fused
+
+
+def image_sizes(paths: Sequence) -> list[tuple[int, int]]:
+    """(H, W) of each image file, read from its header (no decoding)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append((image.height, image.width))
+    return sizes
+
+
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` images that share one size, so
+    that they stack without padding (VOC has few distinct sizes). Sizes keep
+    the order of their first appearance; indices within a size stay in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [members[i:i + batch_size] for members in groups.values()
+            for i in range(0, len(members), batch_size)]

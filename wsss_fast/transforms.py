@@ -103,7 +103,8 @@ def random_crop(arrays: Sequence[torch.Tensor], size: int, rng: np.random.Genera
 
 class TrainAugment:
     """The training transform of a stage: random rescale (long side uniform
-    in ``resize_long``, or short side set to ``resize_short``), horizontal
+    in ``resize_long``, short side set to ``resize_short``, or both sides
+    times a factor uniform in ``scale``, DeepLab's 0.5..1.5), horizontal
     flip, colour jitter, normalisation and a random square crop.
 
     Called as ``augment(item, rng)`` on a dataset item dict (``image`` uint8
@@ -115,16 +116,20 @@ class TrainAugment:
     """
 
     def __init__(self, crop: int, *, resize_long: tuple[int, int] | None = None,
-                 resize_short: int | None = None, flip: bool = True,
+                 resize_short: int | None = None, scale: tuple[float, float] | None = None,
+                 flip: bool = True,
                  jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1),
                  label_keys: Sequence[str] = ("mask",), score_keys: Sequence[str] = ()):
-        if resize_long is not None and resize_short is not None:
-            raise ValueError("TrainAugment: give resize_long or resize_short, not both")
+        if sum(v is not None for v in (resize_long, resize_short, scale)) > 1:
+            raise ValueError("TrainAugment: give at most one of resize_long, resize_short and scale")
+        if scale is not None and not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"TrainAugment: scale must be (low, high) with 0 < low <= high, got {scale}")
         if crop < 1:
             raise ValueError(f"TrainAugment: crop must be >= 1, got {crop}")
         self.crop = crop
         self.resize_long = resize_long
         self.resize_short = resize_short
+        self.scale = scale
         self.flip = flip
         self.jitter = jitter
         self.label_keys = tuple(label_keys)
@@ -141,6 +146,9 @@ class TrainAugment:
                                                                     self.resize_long[1] + 1)))
         elif self.resize_short is not None:
             size = scaled_size(height, width, short=self.resize_short)
+        elif self.scale is not None:
+            factor = rng.uniform(*self.scale)
+            size = max(1, round(height * factor)), max(1, round(width * factor))
         else:
             size = (height, width)
         image = resize(image, size)

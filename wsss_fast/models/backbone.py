@@ -33,6 +33,9 @@ class Backbone(nn.Module):
     their parameters are not covered by the pretrained weights (VGG-16 D1's
     extra convolutions and DRS controllers), so that those get the higher
     learning rates of new layers.
+
+    ``load_report`` is the :class:`~wsss_fast.models.weights.LoadReport` of
+    the pretrained weights the backbone was built with (None: random init).
     """
 
     out_channels: int
@@ -40,6 +43,7 @@ class Backbone(nn.Module):
     stage_channels: tuple[int, ...]
     stage_strides: tuple[int, ...]
     frozen_bn: bool = False
+    load_report = None
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of the last three stages, (N, stage_channels[i],

@@ -5,13 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn import DRS
 from .backbone import Backbone
 
+DRS_MODES = ("none", "learnable", "delta")
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+
+def _conv_bn_act(cin: int, cout: int, stride: int = 1, dilation: int = 1, *, drs: str = "none",
+                 delta: float = 0.55) -> nn.Sequential:
+    if drs == "none":
+        act = nn.ReLU(inplace=True)
+    else:
+        act = DRS(cout, None if drs == "learnable" else delta)
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation,
                                    bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+                         nn.BatchNorm2d(cout), act)
 
 
 class ScratchCNN(Backbone):
@@ -20,17 +28,26 @@ class ScratchCNN(Backbone):
 
     Args:
         width: channels of the first stage; stages have width x (1, 2, 4, 8).
+        drs: "none" (ReLU), or DRS in place of all 8 ReLUs as the DRS paper
+            places it in VGG-16: "learnable" (controller) or "delta" (constant).
+        delta: the constant suppression level with drs="delta".
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, drs: str = "none", delta: float = 0.55):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ScratchCNN: width must be a positive int, got {width!r}")
+        if drs not in DRS_MODES:
+            raise ValueError(f"ScratchCNN: drs must be one of {DRS_MODES}, got {drs!r}")
         c = [width, 2 * width, 4 * width, 8 * width]
-        self.stage1 = nn.Sequential(_conv_bn_relu(3, c[0], 2), _conv_bn_relu(c[0], c[0]))
-        self.stage2 = nn.Sequential(_conv_bn_relu(c[0], c[1], 2), _conv_bn_relu(c[1], c[1]))
-        self.stage3 = nn.Sequential(_conv_bn_relu(c[1], c[2], 2), _conv_bn_relu(c[2], c[2]))
-        self.stage4 = nn.Sequential(_conv_bn_relu(c[2], c[3], 1, 2), _conv_bn_relu(c[3], c[3], 1, 2))
+
+        def layer(cin, cout, stride=1, dilation=1):
+            return _conv_bn_act(cin, cout, stride, dilation, drs=drs, delta=delta)
+
+        self.stage1 = nn.Sequential(layer(3, c[0], 2), layer(c[0], c[0]))
+        self.stage2 = nn.Sequential(layer(c[0], c[1], 2), layer(c[1], c[1]))
+        self.stage3 = nn.Sequential(layer(c[1], c[2], 2), layer(c[2], c[2]))
+        self.stage4 = nn.Sequential(layer(c[2], c[3], 1, 2), layer(c[3], c[3], 1, 2))
         self.out_channels = c[3]
         self.stride = 8
         self.stage_channels = (c[1], c[2], c[3])

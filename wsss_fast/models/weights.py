@@ -85,7 +85,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
     if bad_shapes:
         raise WeightsError(f"{origin} does not fit the {what}: shapes differ for "
                            + ", ".join(bad_shapes[:5]) + (" ..." if len(bad_shapes) > 5 else ""))
-    missing = [k for k in own if k not in state]
+    # BatchNorm's batch counters are bookkeeping, not weights: files from old
+    # PyTorch versions and converted files lack them and miss nothing.
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     absent_required = [k for k in missing if required(k)]
     if absent_required:
@@ -93,3 +95,15 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
         raise WeightsError(f"{origin} is not a {what} checkpoint: {report.summary()}")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return LoadReport(missing, unexpected)
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                          what: str = "backbone") -> LoadReport:
+    """Loads pretrained weights into a backbone (see :func:`load_weights`):
+    every parameter and buffer the backbone does not call new (``is_new``)
+    must be in the file. The report is also kept as ``backbone.load_report``
+    for commands to show."""
+    report = load_weights(backbone, source, what=what,
+                          required=lambda key: not backbone.is_new(key))
+    backbone.load_report = report
+    return report

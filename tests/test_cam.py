@@ -1,0 +1,213 @@
+"""CAM inference: the batched engine against the one-image-at-a-time
+reference loop, normalisation, label masking, DRS max fusion, resume,
+sharding, checkpoints and the make-cam command."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
+from wsss_fast import cli
+from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings, size_batches
+from wsss_fast.data import VOCSegmentation
+from wsss_fast.errors import DataError, UsageError
+from wsss_fast.models import load_cam_model, load_classifier
+from wsss_fast.reference.cam import cam_loop
+from wsss_fast.storage import load_scores
+from wsss_fast.transforms import normalize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Batched and per-image forwards differ by float32 rounding of the convolutions
+# (about 1e-6 of the largest output), which the max-normalisation of a weakly
+# activated class map magnifies by (largest output / that map's maximum): seen
+# up to 4e-5 absolute, 1.2e-4 relative on maps in [0, 1].
+ATOL, RTOL = 1e-5, 1e-3
+# float16 storage adds up to half a unit in the last place: 2^-11 at 1.0.
+ATOL_STORED = 2 ** -11 + ATOL
+
+SETTINGS = {
+    "psa": resolve_settings("psa"),
+    "drs": resolve_settings("drs", sizes=(40, 56)),
+    "drs-flip": resolve_settings("drs", sizes=(40, 56), flip=True),
+    "psa-max": resolve_settings("psa", scales=(1.0, 0.5), fuse="max"),
+    "refine-drs": resolve_settings("drs", sizes=(40, 56), normalize=False),
+    "refine-sum": resolve_settings("psa", scales=(1.0, 1.5), normalize=False),
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_root(tmp_path_factory.mktemp("cam") / "demo", n_train=6, size=40)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return classifier(head_scale=100.0)
+
+
+def random_batch(gen, n, height, width):
+    images = torch.randint(0, 256, (n, 3, height, width), generator=gen, dtype=torch.uint8)
+    labels = (torch.rand(n, NUM_CLASSES, generator=gen) < 0.3).float()
+    labels[0] = 0  # an image without classes
+    labels[1, 2] = 1
+    return images, labels
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_batch_equals_per_image_loop(model, gen, name):
+    settings = SETTINGS[name]
+    images, labels = random_batch(gen, 4, 37, 50)
+    out = batch_cams(model, images, labels, settings)
+    for image, label, (keys, maps) in zip(images, labels, out):
+        expected = cam_loop(model.class_maps, normalize(image), label, settings)
+        assert keys.tolist() == (label.nonzero().flatten() + 1).tolist()
+        assert maps.shape == (len(keys), 37, 50)
+        np.testing.assert_allclose(maps, expected[keys - 1], atol=ATOL, rtol=RTOL)
+        absent = np.setdiff1d(np.arange(NUM_CLASSES), keys - 1)
+        assert not expected[absent].any()  # the loop zeroes what the engine leaves out
+
+
+def test_normalisation_and_fusion_rules():
+    """An identity 'network' (maps = the input's channels) makes every rule visible."""
+    x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    channels = torch.tensor([[0, 2], [2, 1]])  # per image
+    relu = x.clamp(min=0).gather(1, channels[:, :, None, None].expand(-1, -1, 8, 12))
+
+    def one_scale(**kw):
+        return fused_maps(lambda t: t.clamp(min=0), x, channels, CamSettings(scales=(1.0,), **kw))
+
+    expected = relu / (relu.amax(dim=(2, 3), keepdim=True) + 1e-5)
+    torch.testing.assert_close(one_scale(flip=False), expected)  # sum, then max-normalised per map
+    twice = 2 * relu
+    torch.testing.assert_close(one_scale(flip=True), twice / (twice.amax(dim=(2, 3), keepdim=True) + 1e-5))
+    torch.testing.assert_close(one_scale(flip=True, fuse="max"), expected)  # each pass normalised, then max
+    raw = fused_maps(lambda t: t, x, channels, CamSettings(scales=(1.0,), flip=True, normalize=False))
+    torch.testing.assert_close(raw, relu)  # refinement maps: mean of the passes, clamped at 0
+
+
+def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
+    images = normalize(torch.randint(0, 256, (3, 3, 33, 45), generator=gen, dtype=torch.uint8))
+    channels = torch.arange(NUM_CLASSES).repeat(3, 1)
+    single = [fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(s,)))
+              for s in (32, 48, 64)]
+    fused = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64)))
+    torch.testing.assert_close(fused, torch.stack(single).amax(dim=0))
+    assert (fused.amax(dim=(2, 3)) > 0.99).all()  # each size max-normalised on its own (+1e-5)
+    summed = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64),
+                                                                             fuse="sum"))
+    assert not torch.allclose(summed, fused, atol=1e-3)
+
+
+def test_size_batches_groups_by_size():
+    sizes = [(3, 4), (4, 3), (3, 4), (3, 4), (4, 3)]
+    assert size_batches(range(5), sizes, 2) == [[0, 2], [3], [1, 4]]
+    with pytest.raises(UsageError):
+        size_batches(range(5), sizes, 0)
+
+
+def test_make_cams_matches_loop_and_keeps_label_classes(demo, model, tmp_path):
+    dataset = VOCSegmentation(demo, "train")
+    settings = resolve_settings("psa", scales=(1.0, 0.5))
+    summary = make_cams(model, dataset, tmp_path / "cam", settings, batch_size=4, num_workers=0,
+                        progress=False)
+    assert sorted(summary["written"]) == sorted(dataset.names) and summary["skipped"] == 0
+    for index, name in enumerate(dataset.names):
+        item = dataset[index]
+        stored = load_scores(tmp_path / "cam" / f"{name}.npz")
+        assert stored.keys.tolist() == (item["label"].nonzero().flatten() + 1).tolist()
+        assert stored.data.shape[1:] == tuple(item["image"].shape[1:])
+        expected = cam_loop(model.class_maps, normalize(item["image"]), item["label"], settings)
+        np.testing.assert_allclose(stored.data, expected[stored.keys - 1], atol=ATOL_STORED, rtol=RTOL)
+        assert stored.data.min() >= 0 and stored.data.max() <= 1
+    recorded = json.loads((tmp_path / "cam" / "cam_settings.json").read_text())
+    assert recorded["settings"]["scales"] == [1.0, 0.5]
+
+
+def test_resume_skips_existing_and_refuses_other_settings(demo, model, tmp_path):
+    dataset = VOCSegmentation(demo, "train")
+    settings = resolve_settings("drs", sizes=(32,))
+    out = tmp_path / "cam"
+    make_cams(model, dataset, out, settings, num_workers=0, progress=False)
+    first, second = (out / f"{n}.npz" for n in dataset.names[:2])
+    kept = second.read_bytes()
+    first.unlink()
+    second.write_bytes(b"not rewritten")
+    summary = make_cams(model, dataset, out, settings, num_workers=0, progress=False)
+    assert summary["written"] == [dataset.names[0]] and summary["skipped"] == len(dataset) - 1
+    assert first.is_file() and second.read_bytes() == b"not rewritten"
+    second.write_bytes(kept)
+    with pytest.raises(UsageError, match="other settings"):
+        make_cams(model, dataset, out, resolve_settings("drs", sizes=(48,)), num_workers=0, progress=False)
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_cover_every_image_once(demo, model, tmp_path):
+    save_classifier(tmp_path / "cls.pt", model)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          "2", "-m", "wsss_fast", "make-cam", "--model", str(tmp_path / "cls.pt"), "--voc",
+                          str(demo), "--out", str(tmp_path / "cam"), "--scales", "1", "--workers", "0",
+                          "--no-progress"],
+                         capture_output=True, text=True, cwd=os.getcwd(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    counts = sorted(int(m) for m in re.findall(r"rank \d/2\): (\d+) images", run.stdout))
+    assert counts == [3, 3], run.stdout
+    names = sorted(VOCSegmentation(demo, "train").names)
+    assert sorted(p.stem for p in (tmp_path / "cam").glob("*.npz")) == names
+
+
+def test_load_classifier_round_trip_and_errors(model, tmp_path):
+    path = save_classifier(tmp_path / "run" / "final.pt", model, method="drs")
+    loaded = load_classifier(tmp_path / "run")  # the folder works too
+    x = torch.randn(1, 3, 24, 24)
+    torch.testing.assert_close(loaded.class_maps(x), model.class_maps(x))
+    assert load_cam_model(path)[1]["method"] == "drs"
+    with pytest.raises(UsageError, match="missing.pt"):
+        load_classifier(tmp_path / "missing.pt")
+    refine = save_classifier(tmp_path / "refine.pt", model, kind="refine")
+    with pytest.raises(UsageError, match=r"refine\.pt holds a 'refine' model; expected 'classifier'"):
+        load_classifier(refine)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(UsageError, match="plain.pt is not a wsss-fast trained model"):
+        load_classifier(tmp_path / "plain.pt")
+    other = classifier(width=8)
+    payload = torch.load(path, weights_only=False)
+    payload["model"] = other.state_dict()
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(UsageError, match="mismatch.pt: its weights do not fit"):
+        load_classifier(tmp_path / "mismatch.pt")
+
+
+def test_bad_settings_and_inputs(demo, model, tmp_path):
+    with pytest.raises(UsageError, match="scales or sizes"):
+        CamSettings(scales=(1.0,), sizes=(32,))
+    with pytest.raises(UsageError, match="not both"):
+        resolve_settings("psa", scales=(1.0,), sizes=(32,))
+    (demo / "ImageSets" / "Segmentation" / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        VOCSegmentation(demo, "empty")
+    with pytest.raises(UsageError, match="labels"):
+        make_cams(model, VOCSegmentation(demo, "train", labels=False), tmp_path, resolve_settings("psa"))
+
+
+def test_make_cam_command_then_eval_cam(demo, model, tmp_path, capsys):
+    save_classifier(tmp_path / "cls" / "final.pt", model, method="drs")
+    out = tmp_path / "cam"
+    argv = ["make-cam", "--model", str(tmp_path / "cls"), "--voc", str(demo), "--out", str(out),
+            "--sizes", "32", "48", "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "6 images" in printed and "drs: sizes 32 48, no flip, max" in printed
+    assert cli.main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert cli.main(["eval-cam", "--cam", str(out), "--gt", str(demo / "SegmentationClass"),
+                     "--no-progress"]) == 0
+    assert "images 6" in capsys.readouterr().out
+    assert cli.main(["make-cam", "--model", str(tmp_path / "nope.pt"), "--voc", str(demo), "--out",
+                     str(out), "--no-progress"]) == 2
+    assert "nope.pt" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""train-cls: the method presets, training that lowers the loss, exact resume,
+SC-CAM rounds, and clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_fast.classification import override, preset, train_classifier
+from wsss_fast.cli import main
+from wsss_fast.data.dataset import VOCSegmentation
+from wsss_fast.data.demo import make_demo_data
+from wsss_fast.models import Classifier, build_backbone
+from wsss_fast.models.checkpoints import load_classifier
+from wsss_fast.training import load_final
+
+SMALL = ["--backbone", "scratch", "--backbone-option", "width=4", "--crop", "48",
+         "--resize-long", "48", "64", "--batch-size", "8", "--num-workers", "0",
+         "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, n_train=48, n_val=8, size=64, seed=3, progress=False)
+    return root
+
+
+def small_preset(method="cam", **changes):
+    return override(preset(method), backbone="scratch", **{"train.num_workers": 0, "train.batch_size": 8,
+                                                           "augment.crop": 48, "augment.resize_long": (48, 64),
+                                                           **changes})
+
+
+def scratch(p, width=4):
+    p.backbone_options = {"width": width}
+    return p
+
+
+def test_presets_follow_the_references():
+    cam, drs, sccam = preset("cam"), preset("drs"), preset("sccam")
+    assert (cam.backbone, cam.train.batch_size, cam.train.epochs, cam.train.lr, cam.augment["crop"]) == \
+        ("resnet38", 8, 15, 0.01, 448)
+    assert cam.train.momentum == 5e-4 and cam.train.schedule == "poly"  # PSA's PolyOptimizer quirk
+    assert (drs.backbone, drs.backbone_options, drs.train.batch_size, drs.train.lr) == \
+        ("vgg16_d1", {"drs": "learnable"}, 5, 1e-3)
+    assert drs.train.nesterov and drs.train.milestones == (4, 9) and drs.augment["resize_short"] == 384
+    assert (sccam.subcategories, sccam.sub_weight, sccam.train.batch_size, sccam.augment["crop"]) == (10, 5.0, 16, 224)
+    assert cam.train.lr_mult == (1.0, 2.0, 10.0, 20.0)
+
+
+def test_two_epochs_lower_the_loss(voc, tmp_path):
+    out = tmp_path / "cam"
+    assert main(["train-cls", "--voc", str(voc), "--split", "train", "--out", str(out), "--method", "cam",
+                 "--epochs", "6", "--lr", "0.05", "--momentum", "0.9", *SMALL]) == 0
+    epochs = [json.loads(line) for line in open(out / "log.jsonl") if '"epoch"' in line and '"event": "epoch"' in line]
+    assert len(epochs) == 6
+    assert np.mean([e["loss"] for e in epochs[-2:]]) < np.mean([e["loss"] for e in epochs[:2]])
+    model = load_classifier(out)
+    assert isinstance(model, Classifier) and model.num_classes == 10 and model.sub_head is None
+    meta = load_final(out / "final.pt")["metadata"]
+    assert meta["kind"] == "classifier" and meta["backbone_options"] == {"width": 4}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(voc, tmp_path, monkeypatch):
+    dataset = VOCSegmentation(voc, "train")
+    p = scratch(small_preset(**{"train.epochs": 3, "train.momentum": 0.9}))
+    straight = train_classifier("cam", p, dataset, tmp_path / "a", weights=None, progress=False)
+
+    import wsss_fast.classification as classification
+    real_loss = classification.classification_loss
+    calls = {"n": 0}
+
+    def failing_loss(weight):
+        inner = real_loss(weight)
+
+        def loss_fn(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 8:  # in the second epoch (6 steps per epoch)
+                raise Interrupt
+            return inner(model, batch)
+        return loss_fn
+
+    monkeypatch.setattr(classification, "classification_loss", failing_loss)
+    with pytest.raises(Interrupt):
+        train_classifier("cam", p, dataset, tmp_path / "b", weights=None, progress=False)
+    monkeypatch.setattr(classification, "classification_loss", real_loss)
+    assert (tmp_path / "b" / "checkpoint.pt").exists() and not (tmp_path / "b" / "final.pt").exists()
+    with pytest.raises(Exception, match="--resume"):
+        train_classifier("cam", p, dataset, tmp_path / "b", weights=None, progress=False)
+    resumed = train_classifier("cam", p, dataset, tmp_path / "b", weights=None, resume=True, progress=False)
+    a, b = load_final(straight)["model"], load_final(resumed)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_sccam_rounds_write_subcategories_and_a_sub_head(voc, tmp_path):
+    out = tmp_path / "sccam"
+    assert main(["train-cls", "--voc", str(voc), "--split", "train", "--out", str(out), "--method", "sccam",
+                 "--epochs", "1", "--rounds", "2", "--subcategories", "3", "--n-init", "2", *SMALL]) == 0
+    for r in (1, 2):
+        with np.load(out / f"round{r}" / "subcategories.npz") as z:
+            labels, sizes = z["labels"], z["cluster_sizes"]
+            names = z["names"].tolist()
+        dataset = VOCSegmentation(voc, "train")
+        parents = np.stack([dataset.labels[n] for n in names])
+        assert labels.shape == (48, 30) and sizes.shape == (10, 3)
+        # every image has exactly one sub-category per parent class it holds
+        np.testing.assert_array_equal(labels.reshape(48, 10, 3).sum(-1), parents)
+        np.testing.assert_array_equal(sizes.sum(1), parents.sum(0))
+        assert json.loads((out / f"round{r}" / "subcategories.json").read_text()).keys() == \
+            set(dataset.class_names[1:])
+    model = load_classifier(out)
+    assert model.subcategories == 3 and model.sub_head.out_channels == 30
+    # resuming a finished run does nothing and keeps the result
+    before = (out / "final.pt").read_bytes()
+    assert main(["train-cls", "--voc", str(voc), "--split", "train", "--out", str(out), "--method", "sccam",
+                 "--epochs", "1", "--rounds", "2", "--subcategories", "3", "--n-init", "2", "--resume", *SMALL]) == 0
+    assert (out / "final.pt").read_bytes() == before
+
+
+def test_drs_on_the_scratch_backbone_places_drs_everywhere():
+    from wsss_fast.nn import DRS
+
+    backbone = build_backbone("scratch", width=4, drs="delta", delta=0.55)
+    assert sum(isinstance(m, DRS) for m in backbone.modules()) == 8
+    out = backbone(torch.randn(2, 3, 33, 47))
+    assert out.shape == (2, 32, 5, 6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "cam", "--rounds", "2"], "--rounds is for --method sccam"),
+    (["--backbone-option", "colour=3"], "has no option 'colour'"),
+    (["--backbone", "nonet"], "unknown backbone 'nonet'"),
+    (["--split", "empty.txt"], "is empty"),
+])
+def test_bad_settings_are_one_line_errors(voc, tmp_path, capsys, extra, message):
+    (tmp_path / "empty.txt").write_text("")
+    args = ["train-cls", "--voc", str(voc), "--split", "train", "--out", str(tmp_path / "o"), *SMALL, *extra]
+    args = [str(tmp_path / "empty.txt") if a == "empty.txt" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_weights_file_is_a_clear_error(voc, tmp_path, capsys):
+    args = ["train-cls", "--voc", str(voc), "--split", "train", "--out", str(tmp_path / "o"), *SMALL]
+    assert main(args + ["--weights", str(tmp_path / "w.pth")]) == 2
+    assert "scratch' is always randomly initialised" in capsys.readouterr().err
+    args[args.index("scratch")] = "efficientnet_lite0"
+    args.remove("width=4")
+    args.remove("--backbone-option")
+    assert main(args + ["--weights", str(tmp_path / "nope.pth")]) == 2
+    assert "nope.pth" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""DRS refinement learning: max-masked targets, the joint transform, training
+that lowers the loss and resumes exactly, make-cam on the result, errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
+from wsss_fast import cli
+from wsss_fast.cam import make_cams, resolve_settings
+from wsss_fast.data import VOCSegmentation
+from wsss_fast.errors import DataError, UsageError
+from wsss_fast.models import load_cam_model, load_refine
+from wsss_fast.refine import CamTargets, RefineAugment, max_mask, train_refine
+from wsss_fast.storage import load_scores, save_scores
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = dict(init="classifier", lr=1e-3, batch_size=3, size=32, num_workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A demo set, a 'DRS classifier' and its CAMs (drs preset at small sizes)."""
+    tmp = tmp_path_factory.mktemp("refine")
+    demo = demo_root(tmp / "demo", n_train=6, size=32)
+    model = classifier(head_scale=100.0)
+    cls = save_classifier(tmp / "cls" / "final.pt", model, method="drs")
+    make_cams(model, VOCSegmentation(demo, "train"), tmp / "cam", resolve_settings("drs", sizes=(32, 48)),
+              num_workers=0, progress=False)
+    return demo, cls, tmp / "cam"
+
+
+def test_max_mask_keeps_only_the_per_pixel_maximum():
+    maps = torch.tensor([[[0.2, 0.5], [0.0, 0.3]],
+                         [[0.4, 0.5], [0.0, 0.1]]])
+    expected = torch.tensor([[[0.0, 0.5], [0.0, 0.3]],
+                             [[0.4, 0.5], [0.0, 0.0]]])
+    assert torch.equal(max_mask(maps), expected)
+
+
+def test_augment_gives_squashed_images_and_max_masked_targets(setup):
+    demo, _, cam_dir = setup
+    items = CamTargets(VOCSegmentation(demo, "train", labels=False), cam_dir)
+    augment = RefineAugment(24, NUM_CLASSES, jitter=None)
+    for index in range(len(items)):
+        item = items[index]
+        out = augment(item, np.random.default_rng(index))
+        assert out["image"].shape == (3, 24, 24) and out["target"].dtype == torch.float32
+        dense = torch.zeros(NUM_CLASSES, 24, 24)
+        dense[item["cam_keys"] - 1] = torch.nn.functional.interpolate(
+            item["cam"][None], size=(24, 24), mode="bilinear", align_corners=False)[0]
+        flipped = np.random.default_rng(index).random() < 0.5
+        assert torch.equal(out["target"], max_mask(dense.flip(-1) if flipped else dense))
+
+
+def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path):
+    demo, cls, cam_dir = setup
+    straight = train_refine(cls, demo, "train", cam_dir, tmp_path / "a", epochs=3, decay_at=(3,), **FAST)
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines())
+              if r["event"] == "epoch"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    payload = torch.load(straight, weights_only=False)
+    assert payload["metadata"]["kind"] == "refine" and payload["metadata"]["backbone"] == "scratch"
+    assert tuple(payload["config"]["milestones"]) == (2,) and payload["config"]["optimizer"] == "adam"
+
+    # stopped after its first epoch (checkpoint.pt, no final.pt), then resumed
+    train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=1, decay_at=(3,), **FAST)
+    (tmp_path / "b" / "final.pt").unlink()
+    with pytest.raises(UsageError, match="--resume"):
+        train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), **FAST)
+    resumed = train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), resume=True,
+                           **FAST)
+    a, b = torch.load(straight, weights_only=False)["model"], torch.load(resumed, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # make-cam reads the refinement network: raw maps, fused, clamped at 0
+    model, meta = load_cam_model(tmp_path / "a")
+    assert meta["kind"] == "refine"
+    assert isinstance(load_refine(tmp_path / "a"), type(model))
+    settings = resolve_settings("drs", sizes=(32,), normalize=False)
+    make_cams(model, VOCSegmentation(demo, "train"), tmp_path / "refined", settings, num_workers=0,
+              progress=False)
+    stored = load_scores(tmp_path / "refined" / "train_000000.npz")
+    assert stored.data.min() >= 0
+
+
+def test_init_from_classifier_copies_the_backbone(setup):
+    from wsss_fast.refine import build_refine_net
+
+    _, cls, _ = setup
+    net, meta = build_refine_net(cls, "classifier", None)
+    source = torch.load(cls, weights_only=False)["model"]
+    assert all(torch.equal(v, source[f"backbone.{k}"]) for k, v in net.backbone.state_dict().items())
+    assert meta["init"] == "classifier" and meta["method"] == "drs"
+
+
+def test_errors(setup, tmp_path, capsys):
+    demo, cls, cam_dir = setup
+    with pytest.raises(UsageError, match="--init imagenet needs --weights"):
+        train_refine(cls, demo, "train", cam_dir, tmp_path / "x", init="imagenet", progress=False)
+    with pytest.raises(UsageError, match="takes no weights"):  # the scratch backbone has no pretrained ones
+        train_refine(cls, demo, "train", cam_dir, tmp_path / "x", init="imagenet", weights=cls,
+                     progress=False)
+    refine_kind = save_classifier(tmp_path / "r.pt", classifier(), kind="refine")
+    with pytest.raises(UsageError, match="holds a 'refine' model; expected 'classifier'"):
+        train_refine(refine_kind, demo, "train", cam_dir, tmp_path / "x", **FAST)
+    partial = tmp_path / "partial"
+    save_scores(partial / "train_000000.npz", [1], np.zeros((1, 32, 32)))
+    with pytest.raises(DataError, match=r"missing CAMs 'train_000001.npz', .* in .*partial \(run make-cam"):
+        train_refine(cls, demo, "train", partial, tmp_path / "x", **FAST)
+    assert cli.main(["train-refine", "--classifier", str(tmp_path / "none.pt"), "--cams", str(cam_dir),
+                     "--voc", str(demo), "--split", "train", "--out", str(tmp_path / "x"),
+                     "--no-progress"]) == 2
+    assert "none.pt" in capsys.readouterr().err

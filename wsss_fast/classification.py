@@ -1,0 +1,265 @@
+"""Training of the CAM, DRS and SC-CAM classifiers (SPEC.md "CAM", "DRS",
+"SC-CAM"): the references' defaults per method, the loss, and SC-CAM's
+rounds of feature clustering and retraining.
+
+Outputs of a run in ``out_dir``:
+    final.pt                 the trained classifier (wsss_fast.training
+                             payload; metadata says how to rebuild it)
+    checkpoint.pt, log.jsonl per-epoch checkpoint and the JSON-lines log
+SC-CAM with rounds writes one such folder per round (``round0`` ...
+``round<R>``), each round r >= 1 with ``subcategories.npz`` (image names,
+(N, C*K) sub-labels, (C, K) cluster sizes, (C,) inertia) and
+``subcategories.json`` (the same statistics, readable), and copies the last
+round's final.pt to ``out_dir/final.pt``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data.dataset import VOCSegmentation, collate_skip_none
+from .errors import UsageError
+from .inference import batches_by_size, image_sizes
+from .models import Classifier, build_backbone
+from .storage import atomic_output, write_text_atomic
+from .training import FINAL, EpochDataset, Trainer, TrainConfig, load_final
+from .transforms import TrainAugment, normalize
+
+METHODS = ("cam", "drs", "sccam")
+
+
+@dataclass
+class MethodPreset:
+    """The reference settings of one method; every field has a CLI flag.
+
+    augment: keyword arguments of :class:`wsss_fast.transforms.TrainAugment`.
+    """
+    backbone: str
+    backbone_options: dict
+    dropout: float
+    subcategories: int
+    sub_weight: float
+    train: TrainConfig
+    augment: dict = field(default_factory=dict)
+
+
+def preset(method: str) -> MethodPreset:
+    """Defaults of ``method`` (a fresh copy), from the reference code:
+
+    cam: PSA's train_cls: ResNet-38, dropout 0.5, batch 8, 15 epochs, SGD lr
+        0.01 poly 0.9, wd 5e-4 (weights only), lr x1/x2/x10/x20 for pretrained
+        weight/bias and new weight/bias, resize-long 256..512, crop 448,
+        colour jitter (0.3, 0.3, 0.3, 0.1). PSA's PolyOptimizer passes its
+        weight decay positionally into SGD's *momentum* slot, so its
+        effective momentum is 5e-4; we reproduce that (momentum=0.0005).
+    drs: DRS's VGG-16 D1 with learnable DRS at all 16 positions, batch 5, 15
+        epochs, SGD nesterov momentum 0.9 lr 1e-3, x0.1 from the 5th and the
+        10th epoch (the code's decay_points 5,10 count epochs from 1, so
+        milestones (4, 9) here, which count from 0),
+        wd 5e-4, resize short side 384, crop 320, jitter (0.3, 0.3, 0.3, 0.1).
+    sccam: SC-CAM's code: ResNet-38 with a K=10 sub-category head, loss
+        weight lambda 5, batch 16, SGD poly lr 0.01 (same optimiser quirk as
+        PSA), resize-long 256..512, crop 224, 30 epochs per round (the code's
+        first checkpoint).
+    """
+    if method == "cam":
+        return MethodPreset("resnet38", {}, 0.5, 0, 0.0,
+                            TrainConfig(epochs=15, batch_size=8, lr=0.01, momentum=5e-4, schedule="poly"),
+                            {"crop": 448, "resize_long": (256, 512)})
+    if method == "drs":
+        return MethodPreset("vgg16_d1", {"drs": "learnable"}, 0.0, 0, 0.0,
+                            TrainConfig(epochs=15, batch_size=5, lr=1e-3, momentum=0.9, nesterov=True,
+                                        schedule="step", milestones=(4, 9)),
+                            {"crop": 320, "resize_short": 384})
+    if method == "sccam":
+        return MethodPreset("resnet38", {}, 0.5, 10, 5.0,
+                            TrainConfig(epochs=30, batch_size=16, lr=0.01, momentum=5e-4, schedule="poly"),
+                            {"crop": 224, "resize_long": (256, 512)})
+    raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def classification_loss(sub_weight: float):
+    """Multi-label soft-margin loss on the parent logits, plus ``sub_weight``
+    times the same loss on the sub-category logits when the batch has
+    ``sub_label`` (SC-CAM's Lp + lambda Ls)."""
+    def loss_fn(model, batch):
+        out = model(batch["image"])
+        parent = F.multilabel_soft_margin_loss(out["logits"], batch["label"])
+        if "sub_logits" not in out:
+            return parent, {}
+        sub = F.multilabel_soft_margin_loss(out["sub_logits"], batch["sub_label"])
+        return parent + sub_weight * sub, {"loss_parent": parent.item(), "loss_sub": sub.item()}
+    return loss_fn
+
+
+class WithSubLabels(Dataset):
+    """Adds ``sub_label`` ((C*K,) float32, from a name -> vector table) to
+    the items of a dataset."""
+
+    def __init__(self, dataset: VOCSegmentation, table: dict[str, np.ndarray]):
+        missing = [n for n in dataset.names if n not in table]
+        if missing:
+            raise UsageError(f"sub-category labels lack {len(missing)} training images, e.g. {missing[0]!r}")
+        self.dataset = dataset
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if item is not None:
+            item["sub_label"] = torch.from_numpy(self.table[item["name"]])
+        return item
+
+
+def build_classifier(preset_: MethodPreset, num_classes: int, weights: str | None,
+                     subcategories: int = 0) -> tuple[Classifier, object]:
+    """The classifier of a method with its backbone weights loaded; returns
+    it and the backbone's load report (None without weights)."""
+    backbone = build_backbone(preset_.backbone, weights, **preset_.backbone_options)
+    report = getattr(backbone, "load_report", None)
+    return Classifier(backbone, num_classes, subcategories=subcategories, dropout=preset_.dropout), report
+
+
+def _metadata(method: str, p: MethodPreset, dataset: VOCSegmentation, subcategories: int) -> dict:
+    return {"kind": "classifier", "method": method, "backbone": p.backbone,
+            "backbone_options": p.backbone_options, "num_classes": dataset.num_classes,
+            "subcategories": subcategories, "dropout": p.dropout,
+            "class_names": list(dataset.class_names)}
+
+
+def train_round(method: str, p: MethodPreset, dataset: VOCSegmentation, out_dir: Path, *,
+                weights: str | None, subcategories: int = 0, sub_table: dict | None = None,
+                init_state: dict | None = None, resume: bool, device: str, progress: bool,
+                desc: str = "train-cls") -> Path:
+    """Trains one classifier; returns its final.pt."""
+    torch.manual_seed(p.train.seed)  # the initialisation of new layers
+    model, report = build_classifier(p, dataset.num_classes, weights, subcategories)
+    if report is not None and progress:
+        print(f"{desc}: backbone weights {weights}: {report.summary()}")
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        if unexpected or any(not k.startswith("sub_head.") for k in missing):
+            raise UsageError(f"the previous round's model does not fit: missing {missing}, unexpected {unexpected}")
+    train_set = dataset if sub_table is None else WithSubLabels(dataset, sub_table)
+    augment = TrainAugment(label_keys=(), **p.augment)
+    trainer = Trainer(model, model.param_groups(), p.train, out_dir, classification_loss(p.sub_weight),
+                      metadata=_metadata(method, p, dataset, subcategories), device=device,
+                      progress=progress, desc=desc)
+    return trainer.fit(EpochDataset(train_set, augment, p.train.seed), collate_skip_none, resume=resume)
+
+
+@torch.no_grad()
+def pooled_features(model: Classifier, dataset: VOCSegmentation, *, batch_size: int, device: str,
+                    num_workers: int, progress: bool) -> torch.Tensor:
+    """(N, D) globally average-pooled final features of every image of the
+    dataset at scale 1.0, no flip, eval mode (SC-CAM's clustering input),
+    in dataset order; images of one size go through the model together."""
+    model.eval().to(device)
+    sizes = image_sizes([dataset.voc.image_path(n) for n in dataset.names])
+    batches = batches_by_size(sizes, batch_size)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_skip_none)
+    features = torch.zeros(len(dataset), model.backbone.out_channels, dtype=torch.float64)
+    for indices, batch in zip(batches, tqdm(loader, desc="features", unit="batch", disable=not progress)):
+        if batch is None:
+            continue
+        kept = [i for i in indices if dataset.names[i] in batch["name"]]  # corrupt images skipped
+        out = model(normalize(batch["image"].to(device)))
+        features[kept] = out["features"].double().cpu()
+    return features
+
+
+def cluster_round(model_path: Path, dataset: VOCSegmentation, out_dir: Path, *, k: int, n_init: int,
+                  seed: int, batch_size: int, device: str, num_workers: int, progress: bool) -> dict[str, np.ndarray]:
+    """SC-CAM's clustering step: features of the previous round's model, one
+    K-means per class (one ops.kmeans call), sub-labels saved in out_dir.
+    Reuses out_dir/subcategories.npz when it exists (resume)."""
+    from .models.checkpoints import load_classifier
+    from .sccam import subcategory_labels
+
+    path = out_dir / "subcategories.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return dict(zip(z["names"].tolist(), z["labels"]))
+    model = load_classifier(model_path)
+    features = pooled_features(model, dataset, batch_size=batch_size, device=device,
+                               num_workers=num_workers, progress=progress)
+    labels = torch.from_numpy(np.stack([dataset.labels[n] for n in dataset.names]))
+    result = subcategory_labels(features.to(device), labels.to(device), k, n_init=n_init, seed=seed)
+    sub = result.labels.cpu().numpy().astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, names=np.array(dataset.names), labels=sub,
+                            cluster_sizes=result.cluster_sizes.cpu().numpy(),
+                            inertia=result.inertia.cpu().numpy())
+    stats = {name: {"cluster_sizes": result.cluster_sizes[c].tolist(), "inertia": float(result.inertia[c])}
+             for c, name in enumerate(dataset.class_names[1:])}
+    write_text_atomic(out_dir / "subcategories.json", json.dumps(stats, indent=1) + "\n")
+    return dict(zip(dataset.names, sub))
+
+
+def train_classifier(method: str, p: MethodPreset, dataset: VOCSegmentation, out_dir: str | Path, *,
+                     weights: str | None, rounds: int = 0, init_from: str = "imagenet", n_init: int = 10,
+                     resume: bool = False, device: str = "cpu", progress: bool = True,
+                     feature_batch: int = 8) -> Path:
+    """Trains ``method``'s classifier into out_dir (see the module
+    docstring); with ``rounds`` > 0 (SC-CAM), round 0 is a plain CAM
+    classifier and each later round clusters the previous round's features
+    and trains with the sub-category head, starting from ``weights``
+    (init_from "imagenet", as the reference) or from the previous round's
+    model ("previous"). Returns out_dir/final.pt."""
+    out_dir = Path(out_dir)
+    if rounds == 0:
+        return train_round(method, p, dataset, out_dir, weights=weights, resume=resume, device=device,
+                           progress=progress)
+    if p.subcategories < 1:
+        raise UsageError(f"--rounds needs sub-categories (--subcategories K >= 1), got {p.subcategories}")
+    if init_from not in ("imagenet", "previous"):
+        raise UsageError(f"--init-from must be 'imagenet' or 'previous', got {init_from!r}")
+    previous = train_round(method, p, dataset, out_dir / "round0", weights=weights, resume=resume,
+                           device=device, progress=progress, desc="train-cls round 0")
+    for r in range(1, rounds + 1):
+        round_dir = out_dir / f"round{r}"
+        table = cluster_round(previous, dataset, round_dir, k=p.subcategories, n_init=n_init,
+                              seed=p.train.seed + r, batch_size=feature_batch, device=device,
+                              num_workers=p.train.num_workers, progress=progress)
+        init_state = load_final(previous)["model"] if init_from == "previous" else None
+        previous = train_round(method, p, dataset, round_dir, weights=weights, subcategories=p.subcategories,
+                               sub_table=table, init_state=init_state, resume=resume, device=device,
+                               progress=progress, desc=f"train-cls round {r}")
+    final = out_dir / FINAL
+    with atomic_output(final) as tmp:
+        shutil.copyfile(previous, tmp)
+    return final
+
+
+def override(p: MethodPreset, **changes) -> MethodPreset:
+    """A copy of ``p`` with the given top-level, ``train.*`` (TrainConfig
+    field names) and ``augment.*`` values replaced; None values are ignored."""
+    top = {k: v for k, v in changes.items() if v is not None and k in
+           {f.name for f in dataclasses.fields(MethodPreset)} - {"train", "augment"}}
+    train = {k[6:]: v for k, v in changes.items() if v is not None and k.startswith("train.")}
+    augment = {k[8:]: v for k, v in changes.items() if v is not None and k.startswith("augment.")}
+    unknown = [k for k in changes if changes[k] is not None and k not in top
+               and not k.startswith(("train.", "augment."))]
+    if unknown:
+        raise UsageError(f"unknown classifier setting(s): {', '.join(unknown)}")
+    bad = [k for k in train if k not in {f.name for f in dataclasses.fields(TrainConfig)}]
+    if bad:
+        raise UsageError(f"unknown training setting(s): {', '.join(bad)}")
+    new_augment = {**p.augment, **augment}
+    if "resize_short" in augment:
+        new_augment.pop("resize_long", None)
+    if "resize_long" in augment:
+        new_augment.pop("resize_short", None)
+    return dataclasses.replace(p, **top, train=dataclasses.replace(p.train, **train), augment=new_augment)

@@ -1,0 +1,82 @@
+"""``wsss-fast infer-seg``: label PNGs from a trained DeepLab, then mIoU."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UsageError
+from . import int_at_least
+from .train_cls import add_device_flags
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return values
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "infer-seg", help="segment a split with a trained DeepLab (optional CRF), then evaluate",
+        description="Writes OUT/<name>.png (class indices at image resolution) for every image of the "
+                    "split, skipping those already written; shards the rest over torchrun ranks. Then, "
+                    "in a single process, prints the mIoU table against the ground truth.")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-seg run folder or final.pt")
+    p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style root (images)")
+    p.add_argument("--split", default="val", help="split name or list file (default val)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label PNG folder")
+    p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S[,S...]",
+                   help="input scales, logits averaged (default 1.0, as the reference test; multi-scale: "
+                        "0.5,0.75,1,1.25,1.5 with --flip)")
+    p.add_argument("--flip", action="store_true", help="also run mirrored images")
+    p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
+                   help="images of one size per batch (default 8)")
+    p.add_argument("--gt", type=Path, metavar="DIR",
+                   help="ground-truth PNGs (default: ROOT/SegmentationClass when it has every image)")
+    p.add_argument("--no-eval", action="store_true", help="only write the label maps")
+    add_device_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..data.voc import VOCRoot
+    from ..distributed import world_size
+    from ..eval import evaluate_label_dirs, format_table
+    from ..models.checkpoints import load_deeplab
+    from ..segmentation import segment_split
+    from .train_cls import default_device
+
+    voc = VOCRoot(args.voc)
+    model, meta = load_deeplab(args.model)
+    if tuple(meta["class_names"]) != voc.class_names:
+        raise UsageError(f"the model was trained on classes {', '.join(meta['class_names'])} but {voc.root} "
+                         f"has {', '.join(voc.class_names)}")
+    summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip,
+                            crf=args.crf, batch_size=args.batch_size,
+                            device=default_device(args.device),
+                            num_workers=2 if args.num_workers is None else args.num_workers,
+                            crf_workers=args.crf_workers, progress=not args.no_progress)
+    print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
+          f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "
+          f"{summary['skipped']} already done, in {args.out}")
+    if args.no_eval:
+        return
+    if world_size() > 1:
+        print("evaluation skipped under torchrun: run `wsss-fast eval` once every rank has finished")
+        return
+    names = voc.split(args.split)
+    gt = args.gt
+    if gt is None:
+        gt = voc.root / "SegmentationClass"
+        if not all((gt / f"{n}.png").is_file() for n in names):
+            print(f"no ground truth for every image of the split in {gt}: evaluation skipped (give --gt)")
+            return
+    scores = evaluate_label_dirs(args.out, gt, len(voc.class_names), names=names,
+                                 progress=not args.no_progress)
+    print(format_table(scores, voc.class_names))

@@ -1,0 +1,122 @@
+"""``wsss-fast train-cls``: trains the CAM, DRS or SC-CAM classifier with the
+reference settings of the method (see wsss_fast.classification.preset);
+every setting has a flag."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import int_at_least
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """argparse ``type=`` for KEY=VALUE, the value parsed as YAML (numbers,
+    booleans, strings, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",
+                   help="data-loading worker processes (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-cls", help="train the CAM / DRS / SC-CAM classifier",
+        description="Trains a multi-label classifier on image-level labels with the reference settings of "
+                    "--method (cam: PSA; drs: DRS; sccam: SC-CAM); flags override them. Writes final.pt, a "
+                    "checkpoint per epoch and log.jsonl to --out; --resume continues an interrupted run.")
+    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
+    p.add_argument("--split", default="train_aug", help="training split name or list file (default train_aug)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--method", choices=("cam", "drs", "sccam"), default="cam")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g = p.add_argument_group("network")
+    g.add_argument("--backbone", help="backbone name (default: the method's: resnet38, vgg16_d1)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="pretrained backbone weights (a .pth file; 'imagenet' for efficientnet_lite0's packaged "
+                        "weights); without it the backbone starts from random initialisation")
+    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. drs=delta, delta=0.55, width=32)")
+    g.add_argument("--dropout", type=float, help="feature dropout before the heads (cam/sccam: 0.5)")
+    g.add_argument("--subcategories", type=int_at_least(0), metavar="K", help="SC-CAM sub-categories per class (10)")
+    g.add_argument("--sub-weight", type=float, metavar="LAMBDA", help="SC-CAM sub-category loss weight (5)")
+    g.add_argument("--rounds", type=int_at_least(0), default=None, metavar="R",
+                   help="SC-CAM rounds after round 0 (sccam default 3; 0 trains one classifier)")
+    g.add_argument("--init-from", choices=("imagenet", "previous"), default="imagenet",
+                   help="SC-CAM: start each round from --weights (reference) or the previous round's model")
+    g.add_argument("--n-init", type=int_at_least(1), default=10, help="SC-CAM K-means restarts (10)")
+    t = p.add_argument_group("optimisation (defaults: the method's reference values)")
+    t.add_argument("--epochs", type=int_at_least(1))
+    t.add_argument("--batch-size", type=int_at_least(1))
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer", choices=("sgd", "adam"))
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--schedule", choices=("poly", "step"))
+    t.add_argument("--milestones", type=int, nargs="*", metavar="EPOCH")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--crop", type=int_at_least(1), help="random square crop side (px)")
+    t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
+                   help="random long-side resize range (px)")
+    t.add_argument("--resize-short", type=int_at_least(1), metavar="S", help="set the short side to S (px)")
+    t.add_argument("--no-jitter", action="store_true", help="no colour jitter")
+    add_device_flags(p)
+    p.set_defaults(func=run)
+
+
+def preset_from_args(args: argparse.Namespace):
+    from ..classification import override, preset
+
+    p = preset(args.method)
+    options = dict(args.backbone_option)
+    if args.backbone is not None and args.backbone != p.backbone:
+        p.backbone_options = {}
+    p.backbone_options = {**p.backbone_options, **options}
+    changes = {
+        "backbone": args.backbone, "dropout": args.dropout, "subcategories": args.subcategories,
+        "sub_weight": args.sub_weight, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+        "train.lr": args.lr, "train.weight_decay": args.weight_decay, "train.optimizer": args.optimizer,
+        "train.momentum": args.momentum, "train.nesterov": args.nesterov, "train.schedule": args.schedule,
+        "train.milestones": tuple(args.milestones) if args.milestones is not None else None,
+        "train.seed": args.seed, "train.num_workers": args.num_workers, "augment.crop": args.crop,
+        "augment.resize_long": tuple(args.resize_long) if args.resize_long else None,
+        "augment.resize_short": args.resize_short,
+    }
+    p = override(p, **changes)
+    if args.no_jitter:
+        p.augment["jitter"] = None
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..classification import train_classifier
+    from ..data.dataset import VOCSegmentation
+    from ..errors import UsageError
+
+    p = preset_from_args(args)
+    rounds = args.rounds if args.rounds is not None else (3 if args.method == "sccam" else 0)
+    if rounds and args.method != "sccam":
+        raise UsageError(f"--rounds is for --method sccam, not {args.method}")
+    dataset = VOCSegmentation(args.voc, args.split)
+    final = train_classifier(args.method, p, dataset, args.out, weights=args.weights, rounds=rounds,
+                             init_from=args.init_from, n_init=args.n_init, resume=args.resume,
+                             device=default_device(args.device), progress=not args.no_progress)
+    print(f"train-cls: wrote {final}")

@@ -1,0 +1,114 @@
+"""Rebuilding trained networks from the ``final.pt`` a training stage wrote.
+
+A final.pt (see :class:`wsss_fast.training.Trainer`) holds ``model`` (the
+state dict), ``config`` and ``metadata``, which says how to rebuild the
+network::
+
+    kind              "classifier" (train-cls), "refine" (train-refine) or
+                      "segmentation" (train-seg)
+    backbone          registry name (wsss_fast.models.BACKBONES)
+    backbone_options  keyword options of that backbone's factory
+    num_classes       C, object classes (background excluded); segmentation:
+                      C + 1, the classes of its output (background included)
+    class_names       background first
+    subcategories     classifiers only: K of SC-CAM's second head, or 0
+    dropout           classifiers only: dropout before the heads
+    method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
+    head              segmentation only: "aspp" or "largefov"
+
+The backbone is built without pretrained weights (the state dict replaces
+them). Every error names the file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UsageError
+from ..training import FINAL, load_final
+from .classifier import Classifier
+from .deeplab import DeepLab
+from .refine import RefineNet
+from .registry import build_backbone
+
+KINDS = ("classifier", "refine")
+REQUIRED = ("kind", "backbone", "backbone_options", "num_classes")
+
+
+def resolve_final(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/final.pt`` for a training output folder."""
+    path = Path(path)
+    return path / FINAL if path.is_dir() else path
+
+
+def read_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] = KINDS) -> tuple[dict, dict]:
+    """(state dict, metadata) of a final.pt whose kind is one of ``kinds``.
+
+    Raises UsageError naming the file when it is missing, unreadable, not a
+    wsss-fast model, of another kind, or lacks metadata.
+    """
+    path = resolve_final(path)
+    payload = load_final(path)
+    meta = payload["metadata"]
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: metadata is not a dict")
+    kind = meta.get("kind")
+    if kind not in kinds:
+        raise UsageError(f"{path} holds a {kind!r} model; expected {' or '.join(map(repr, kinds))}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise UsageError(f"{path}: metadata lacks {', '.join(missing)}")
+    return payload["model"], meta
+
+
+def _load_state(model: nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise UsageError(f"{path}: its weights do not fit the {what} its metadata describes: "
+                         f"{detail[:300]}") from None
+
+
+def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
+    """The network of a checkpoint (:func:`read_checkpoint`), weights loaded, in eval mode."""
+    path = resolve_final(path)
+    backbone = build_backbone(meta["backbone"], None, **meta["backbone_options"])
+    if meta["kind"] == "classifier":
+        model = Classifier(backbone, int(meta["num_classes"]),
+                           subcategories=int(meta.get("subcategories") or 0),
+                           dropout=float(meta.get("dropout") or 0.0))
+    elif meta["kind"] == "segmentation":
+        model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
+    else:
+        model = RefineNet(backbone, int(meta["num_classes"]))
+    _load_state(model, state, path, f"{meta['backbone']} {meta['kind']}")
+    return model.eval()
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """The :class:`Classifier` saved in a train-cls final.pt (or its folder)."""
+    state, meta = read_checkpoint(path, ("classifier",))
+    return build_model(state, meta, path)
+
+
+def load_refine(path: str | os.PathLike) -> RefineNet:
+    """The :class:`RefineNet` saved in a train-refine final.pt (or its folder)."""
+    state, meta = read_checkpoint(path, ("refine",))
+    return build_model(state, meta, path)
+
+
+def load_cam_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """A classifier or a refinement network (both have ``class_maps``) and
+    its metadata, for CAM inference."""
+    state, meta = read_checkpoint(path)
+    return build_model(state, meta, path), meta
+
+
+def load_deeplab(path: str | os.PathLike) -> tuple[DeepLab, dict]:
+    """The :class:`DeepLab` network saved in a train-seg final.pt (or its
+    folder) and its metadata (``class_names`` ...)."""
+    state, meta = read_checkpoint(path, ("segmentation",))
+    return build_model(state, meta, path), meta

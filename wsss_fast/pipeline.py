@@ -1,0 +1,279 @@
+"""``wsss-fast run``: every stage of the pipeline from one config, each
+stage being one of the subcommands, run in order with its outputs wired to
+the next stages' inputs.
+
+Layout of a run folder (``out``)::
+
+    <stage>/            the stage's outputs (model, CAMs, label maps, ...)
+    <stage>/stage.json  written when the stage finished: seconds, metrics
+    splits/<split>.txt  the image lists the stages share
+    summary.json        {"stages": [{"name", "command", "miou", "seconds",
+                        "skipped"}, ...], "table": [...]}
+    report/index.html   overlays of images, CAMs and final labels
+
+A stage whose stage.json exists is skipped (its recorded numbers are
+reused), so an interrupted run continues with the stage it was in; that
+stage itself resumes (training from its last epoch, inference from the
+images without outputs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import check_top_level, options_to_argv
+from .errors import UsageError
+from .storage import write_text_atomic
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    name: its config section and output folder. command: the subcommand it
+    runs. wiring: (run, stage folder) -> the flags it gets from the run's
+    layout; the config's options for the stage come on top. title: its row
+    of the results table, for evaluation stages (their mIoU).
+    """
+    name: str
+    command: str
+    wiring: Callable[["Run", Path], dict]
+    title: str | None = None
+
+
+class Run:
+    """The paths and choices of one pipeline run (see the module docstring)."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.out = Path(config.get("out") or "runs/wsss-fast")
+        self.voc = Path(config["voc"])
+        self.device = config.get("device")
+        self.train_split = config.get("train_split", "train")
+        self.val_split = config.get("val_split", "val")
+        self.eval_split = config.get("eval_split", self.train_split)
+        stages = config.get("stages") or {}
+        self.options = {name: dict(stages[name] or {}) for name in stages}
+        self.enabled = [s.name for s in STAGES if s.name in self.options
+                        and self.options[s.name].pop("enabled", True) is not False]
+
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    def has(self, stage: str) -> bool:
+        return stage in self.enabled
+
+    def split_file(self, split: str) -> Path:
+        """The split's image list as a file in the run folder."""
+        from .data.voc import VOCRoot
+
+        path = self.out / "splits" / f"{Path(split).stem}.txt"
+        if not path.is_file():
+            write_text_atomic(path, "\n".join(VOCRoot(self.voc).split(split)) + "\n")
+        return path
+
+    def data(self, split: str) -> dict:
+        return {"voc": self.voc, "split": split}
+
+    def evaluation(self, split: str, stage_dir: Path) -> dict:
+        """Flags of eval / eval-cam against the split's ground truth."""
+        from .data.voc import VOCRoot
+
+        voc = VOCRoot(self.voc)
+        if not voc.mask_dirs:
+            raise UsageError(f"{voc.root} has no ground-truth masks; leave the eval stages out of the config")
+        return {"gt": voc.mask_dirs[0], "names": self.split_file(split), "json": stage_dir / "eval.json",
+                "no_progress": True}
+
+    def cams(self) -> Path:
+        """The CAMs later stages use: the refined ones when refinement runs."""
+        return self.dir("make-cam-refined") if self.has("make-cam-refined") else self.dir("make-cam")
+
+    def pseudo_labels(self) -> Path:
+        """The labels the segmentation network trains on: the last of
+        random walk + CRF, random walk, CAM labels that the run makes."""
+        for stage in ("rw-crf", "rw", "make-labels"):
+            if self.has(stage):
+                return self.dir(stage)
+        raise UsageError("train-seg needs pseudo labels: enable rw-crf, rw or make-labels")
+
+    def compute(self) -> dict:
+        return {"device": self.device} if self.device else {}
+
+
+STAGES = [
+    Stage("train-cls", "train-cls",
+          lambda r, d: {**r.data(r.train_split), "out": d, "resume": True, **r.compute()}),
+    Stage("make-cam", "make-cam",
+          lambda r, d: {**r.data(r.train_split), "model": r.dir("train-cls"), "out": d, **r.compute()}),
+    Stage("eval-cam", "eval-cam",
+          lambda r, d: {"cam": r.dir("make-cam"), **r.evaluation(r.eval_split, d)}, "CAM"),
+    Stage("train-refine", "train-refine",
+          lambda r, d: {**r.data(r.train_split), "classifier": r.dir("train-cls"), "cams": r.dir("make-cam"),
+                        "out": d, "resume": True, **r.compute()}),
+    Stage("make-cam-refined", "make-cam",
+          lambda r, d: {**r.data(r.train_split), "model": r.dir("train-refine"), "out": d, **r.compute()}),
+    Stage("eval-cam-refined", "eval-cam",
+          lambda r, d: {"cam": r.dir("make-cam-refined"), **r.evaluation(r.eval_split, d)}, "CAM (refined)"),
+    Stage("make-labels", "make-labels",
+          lambda r, d: {"cam": r.cams(), "names": r.split_file(r.train_split), "out": d}),
+    Stage("eval-labels", "eval",
+          lambda r, d: {"pred": r.dir("make-labels"), **r.evaluation(r.eval_split, d)}, "CAM pseudo labels"),
+    Stage("make-aff-labels", "make-aff-labels",
+          lambda r, d: {**r.data(r.train_split), "cam": r.cams(), "out": d}),
+    Stage("train-aff", "train-aff",
+          lambda r, d: {**r.data(r.train_split), "labels": r.dir("make-aff-labels"), "init": r.dir("train-cls"),
+                        "out": d, "resume": True, **r.compute()}),
+    Stage("rw", "rw",
+          lambda r, d: {**r.data(r.train_split), "model": r.dir("train-aff"), "cam": r.cams(), "out": d,
+                        **r.compute()}),
+    Stage("eval-rw", "eval", lambda r, d: {"pred": r.dir("rw"), **r.evaluation(r.eval_split, d)}, "CAM + RW"),
+    Stage("rw-crf", "rw",
+          lambda r, d: {**r.data(r.train_split), "model": r.dir("train-aff"), "cam": r.cams(), "out": d,
+                        "crf": "psa", **r.compute()}),
+    Stage("eval-rw-crf", "eval",
+          lambda r, d: {"pred": r.dir("rw-crf"), **r.evaluation(r.eval_split, d)}, "CAM + RW + CRF"),
+    Stage("train-seg", "train-seg",
+          lambda r, d: {**r.data(r.train_split), "labels": r.pseudo_labels(), "out": d, "resume": True,
+                        **r.compute()}),
+    Stage("infer-seg", "infer-seg",
+          lambda r, d: {**r.data(r.val_split), "model": r.dir("train-seg"), "out": d, "no_eval": True,
+                        **r.compute()}),
+    Stage("eval-seg", "eval",
+          lambda r, d: {"pred": r.dir("infer-seg"), **r.evaluation(r.val_split, d)}, "DeepLab"),
+    Stage("infer-seg-crf", "infer-seg",
+          lambda r, d: {**r.data(r.val_split), "model": r.dir("train-seg"), "out": d, "no_eval": True,
+                        "crf": True, **r.compute()}),
+    Stage("eval-seg-crf", "eval",
+          lambda r, d: {"pred": r.dir("infer-seg-crf"), **r.evaluation(r.val_split, d)}, "DeepLab + CRF"),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def stage_args(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParser]) -> argparse.Namespace:
+    """The parsed arguments of a stage: its wiring, then its config options
+    (which win), through the subcommand's own parser, so that the config is
+    checked exactly as the command line would be."""
+    if stage.command not in parsers:
+        raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
+    parser = parsers[stage.command]
+    options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
+    argv = options_to_argv(parser, options, f"stages.{stage.name}")
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        raise UsageError(f"stage {stage.name}: {stage.command} rejected {' '.join(argv)}") from None
+
+
+def validate(config: dict) -> Run:
+    """Checks every key of the config against the stages' commands, before
+    anything runs; returns the Run."""
+    from .cli import build_parser
+
+    check_top_level(config, STAGE_NAMES)
+    run = Run(config)
+    parsers = _subparsers(build_parser())
+    for stage in STAGES:
+        if stage.name in run.options:
+            if stage.command not in parsers:
+                raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
+            options_to_argv(parsers[stage.command], run.options[stage.name], f"stages.{stage.name}")
+    return run
+
+
+def describe(run: Run) -> str:
+    """The command line of every enabled stage, for ``run --check``."""
+    from .cli import build_parser
+
+    parsers = _subparsers(build_parser())
+    lines = []
+    for stage in (s for s in STAGES if run.has(s.name)):
+        options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
+        argv = options_to_argv(parsers[stage.command], options, f"stages.{stage.name}")
+        lines.append(f"[{stage.name}] wsss-fast {stage.command} {' '.join(argv)}")
+    return "\n".join(lines)
+
+
+def run_pipeline(config: dict, *, progress: bool = True) -> dict:
+    """Runs the enabled stages in order (skipping finished ones) and writes
+    summary.json and the report; returns the summary."""
+    from .cli import build_parser
+
+    run = validate(config)
+    if not run.enabled:
+        raise UsageError("the config enables no stage")
+    parsers = _subparsers(build_parser())
+    run.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for stage in (s for s in STAGES if run.has(s.name)):
+        marker = run.dir(stage.name) / STAGE_FILE
+        if marker.is_file():
+            record = {**json.loads(marker.read_text()), "skipped": True}
+            print(f"[{stage.name}] done before ({record['seconds']:.1f} s), skipped")
+        else:
+            args = stage_args(run, stage, parsers)
+            print(f"[{stage.name}] wsss-fast {stage.command} ...", flush=True)
+            start = time.perf_counter()
+            status = args.func(args)
+            if status not in (None, 0):
+                raise UsageError(f"stage {stage.name} failed with status {status}")
+            record = {"name": stage.name, "command": stage.command, "title": stage.title,
+                      "seconds": time.perf_counter() - start, "miou": _miou(run.dir(stage.name), stage)}
+            write_text_atomic(marker, json.dumps(record, indent=1) + "\n")
+            record["skipped"] = False
+            print(f"[{stage.name}] {record['seconds']:.1f} s"
+                  + (f", mIoU {100 * record['miou']:.2f}%" if record["miou"] is not None else ""), flush=True)
+        records.append(record)
+    summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+               "stages": records,
+               "table": [{"name": r["title"], "miou": r["miou"]} for r in records if r["title"]],
+               "total_seconds": sum(r["seconds"] for r in records)}
+    write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    print(format_summary(summary))
+    _report(run, parsers)
+    return summary
+
+
+def _miou(stage_dir: Path, stage: Stage) -> float | None:
+    if stage.title is None:
+        return None
+    value = json.loads((stage_dir / "eval.json").read_text())["miou"]
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def format_summary(summary: dict) -> str:
+    """The stage table: seconds of every stage, mIoU of the evaluations."""
+    lines = [f"{'stage':<18} {'seconds':>9}  {'mIoU':>7}  result", "-" * 58]
+    for r in summary["stages"]:
+        miou = f"{100 * r['miou']:6.2f}%" if r["miou"] is not None else ""
+        lines.append(f"{r['name']:<18} {r['seconds']:>9.1f}  {miou:>7}  {r['title'] or ''}")
+    lines.append("-" * 58)
+    lines.append(f"{'total':<18} {summary['total_seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
+def _report(run: Run, parsers: dict) -> None:
+    """The HTML report of the train split: CAMs and the final pseudo labels."""
+    if "make-cam" not in run.enabled:
+        return
+    labels = next((s for s in ("rw-crf", "rw", "make-labels") if run.has(s)), None)
+    evaluated = {"rw-crf": "eval-rw-crf", "rw": "eval-rw", "make-labels": "eval-labels"}.get(labels)
+    options = {**run.data(run.train_split), "cam": run.cams(), "out": run.out / "report"}
+    if labels:
+        options["pred"] = run.dir(labels)
+    if evaluated and run.has(evaluated):
+        options["eval_json"] = run.dir(evaluated) / "eval.json"
+    args = parsers["report"].parse_args(options_to_argv(parsers["report"], options, "report"))
+    args.func(args)
