@@ -15,7 +15,8 @@ from wsss_fast.data import VOCRoot, VOCSegmentation, make_demo_data
 from wsss_fast.data.synthetic_cams import synthetic_cams
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import Classifier, build_backbone
-from wsss_fast.models.affinity_net import AffinityNet, affinity_loss, load_affinity_net
+from wsss_fast.models.affinity_net import AffinityNet, affinity_loss
+from wsss_fast.models.checkpoints import load_affinity_net
 from wsss_fast.pairs import offsets
 from wsss_fast.storage import load_scores, save_scores
 from wsss_fast.training import FINAL, Trainer
@@ -304,6 +305,7 @@ def test_train_affinity_lowers_the_loss_and_resumes_exactly(demo, labels, tmp_pa
     meta = torch.load(straight)["metadata"]
     assert meta["kind"] == "affinity" and meta["backbone"] == "scratch"
     assert meta["backbone_options"] == {"width": 4} and meta["radius"] == 5 and meta["stride"] == 8
+    assert meta["num_classes"] == 10 and meta["class_names"] == list(voc.class_names)
     net = load_affinity_net(tmp_path / "a")
     assert not net.training and net.head_norm == "gn"
 
@@ -334,27 +336,30 @@ def save_classifier(path, width=4, kind="classifier"):
 
 def test_backbone_from_classifier(tmp_path):
     classifier = save_classifier(tmp_path / "cls" / FINAL)
-    net, meta, how = build_affinity_net(BackboneInit(classifier=str(tmp_path / "cls")), radius=5,
-                                        head_norm="gn")
-    assert meta == {"backbone": "scratch", "backbone_options": {"width": 4}}
-    assert "all keys matched" in how
-    own = net.backbone.state_dict()
-    assert all(torch.equal(own[k], v) for k, v in classifier.backbone.state_dict().items())
+    for init in (BackboneInit(classifier=str(tmp_path / "cls")),
+                 BackboneInit(name="scratch", classifier=str(tmp_path / "cls"))):
+        net, meta, how = build_affinity_net(init, radius=5)
+        assert meta == {"backbone": "scratch", "backbone_options": {"width": 4}}
+        assert "all keys matched" in how and net.head_norm == "gn"
+        own = net.backbone.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in classifier.backbone.state_dict().items())
 
 
 def test_backbone_init_errors(tmp_path):
     save_classifier(tmp_path / "cls" / FINAL)
-    with pytest.raises(UsageError, match="not both"):
-        build_affinity_net(BackboneInit(name="scratch", classifier=str(tmp_path / "cls")), radius=5,
-                           head_norm="gn")
+    cls = str(tmp_path / "cls")
+    with pytest.raises(UsageError, match="differs from the backbone of classifier"):
+        build_affinity_net(BackboneInit(name="vgg16_d1", classifier=cls), radius=5)
+    with pytest.raises(UsageError, match="would change the classifier's backbone"):
+        build_affinity_net(BackboneInit(options={"width": 8}, classifier=cls), radius=5)
     with pytest.raises(UsageError, match="name a backbone"):
-        build_affinity_net(BackboneInit(), radius=5, head_norm="gn")
+        build_affinity_net(BackboneInit(), radius=5)
     save_classifier(tmp_path / "aff" / FINAL, kind="affinity")
-    with pytest.raises(UsageError, match="not a classifier"):
-        build_affinity_net(BackboneInit(classifier=str(tmp_path / "aff")), radius=5, head_norm="gn")
+    with pytest.raises(UsageError, match="expected 'classifier'"):
+        build_affinity_net(BackboneInit(classifier=str(tmp_path / "aff")), radius=5)
     with pytest.raises(UsageError, match="no trained model"):
-        build_affinity_net(BackboneInit(classifier=str(tmp_path / "none")), radius=5, head_norm="gn")
-    with pytest.raises(UsageError, match="not an AffinityNet"):
+        build_affinity_net(BackboneInit(classifier=str(tmp_path / "none")), radius=5)
+    with pytest.raises(UsageError, match="expected 'affinity'"):
         load_affinity_net(tmp_path / "cls")
 
 

@@ -29,8 +29,9 @@ from .affinity_labels import label_from_scores, label_paths, load_label_scores, 
 from .data.dataset import VOCSegmentation, collate_skip_none
 from .errors import DataError, UsageError
 from .models import build_backbone, load_weights
-from .models.affinity_net import AffinityNet, affinity_loss
-from .training import EpochDataset, Trainer, TrainConfig, load_final
+from .models.affinity_net import AffinityNet, affinity_loss, default_head_norm
+from .models.checkpoints import read_checkpoint
+from .training import EpochDataset, Trainer, TrainConfig
 from .transforms import TrainAugment
 
 
@@ -118,53 +119,63 @@ def affinity_loss_fn(radius: int, border: str):
 
 @dataclass
 class BackboneInit:
-    """Where the backbone comes from: ``classifier`` (a train-cls final.pt or
-    its folder: backbone name, options and weights), or ``name`` with
-    ``options`` and an optional ``weights`` file (e.g. ImageNet, as PSA)."""
+    """Where the backbone comes from.
+
+    ``classifier``: a train-cls final.pt (or its folder); it fixes the
+    backbone's name and options and, unless ``weights`` is given, its
+    weights. ``name`` / ``options``: the backbone to build (with a
+    classifier: only to confirm its name). ``weights``: a weights file (e.g.
+    ImageNet, as PSA) that replaces the classifier's weights; without a
+    classifier and without weights the backbone is randomly initialised.
+    """
     name: str | None = None
     options: dict = field(default_factory=dict)
     weights: str | None = None
     classifier: str | None = None
 
 
-def build_affinity_net(init: BackboneInit, *, radius: int, head_norm: str
+def build_affinity_net(init: BackboneInit, *, radius: int, head_norm: str | None = None
                        ) -> tuple[AffinityNet, dict, str]:
-    """The network to train, its backbone's (name, options) for the metadata,
-    and a line saying how the backbone was initialised."""
+    """The network to train (head_norm None: PSA's choice for the backbone,
+    :func:`~wsss_fast.models.affinity_net.default_head_norm`), its backbone's
+    {"backbone": name, "backbone_options": options} for the metadata, and a
+    line saying how the backbone was initialised."""
+    name, options = init.name, dict(init.options)
+    state = None
     if init.classifier is not None:
-        if init.name is not None or init.weights is not None or init.options:
-            raise UsageError("give either a classifier to start from or --backbone/--weights/"
-                             "--backbone-option, not both (the classifier fixes the backbone)")
-        payload = load_final(init.classifier)
-        meta = payload["metadata"]
-        if meta.get("kind") != "classifier":
-            raise UsageError(f"{init.classifier} holds a {meta.get('kind', 'unknown')!r} model, "
-                             "not a classifier")
-        name, options = meta["backbone"], dict(meta["backbone_options"])
+        state, meta = read_checkpoint(init.classifier, ("classifier",))
+        if name is not None and name != meta["backbone"]:
+            raise UsageError(f"--backbone {name} differs from the backbone of classifier {init.classifier} "
+                             f"({meta['backbone']}); leave out --init to build {name} from --weights")
+        if options and init.weights is None:
+            raise UsageError("--backbone-option would change the classifier's backbone; it is taken "
+                             f"as trained ({meta['backbone_options']})")
+        name, options = meta["backbone"], {**meta["backbone_options"], **options}
+    if name is None:
+        raise UsageError("name a backbone (--backbone) or a classifier to start from (--init)")
+    if state is not None and init.weights is None:
         backbone = build_backbone(name, None, **options)
-        report = load_weights(backbone, payload["model"], what=f"{name} backbone",
+        report = load_weights(backbone, state, what=f"{name} backbone",
                               key_map=lambda k: k[len("backbone."):] if k.startswith("backbone.") else None)
         how = f"backbone {name} from classifier {init.classifier}: {report.summary()}"
     else:
-        if init.name is None:
-            raise UsageError("name a backbone (--backbone) or a classifier to start from (--init)")
-        name, options = init.name, dict(init.options)
         backbone = build_backbone(name, init.weights, **options)
         how = f"backbone {name} from {init.weights or 'random initialisation'}"
-    return AffinityNet(backbone, radius=radius, head_norm=head_norm), {"backbone": name,
-                                                                     "backbone_options": options}, how
+    net = AffinityNet(backbone, radius=radius, head_norm=head_norm or default_head_norm(name))
+    return net, {"backbone": name, "backbone_options": options}, how
 
 
 def train_affinity(images: VOCSegmentation, label_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    init: BackboneInit, *, cfg: TrainConfig | None = None,
-                   augment: AugmentSettings | None = None, radius: int = 5, head_norm: str = "gn",
+                   augment: AugmentSettings | None = None, radius: int = 5, head_norm: str | None = None,
                    border: str = "all", resume: bool = False, device: str = "cpu",
                    progress: bool = True) -> Path:
     """Trains AffinityNet on ``images`` with the labels in ``label_dir``;
     writes final.pt (metadata ``kind`` "affinity", ``backbone``,
-    ``backbone_options``, ``radius``, ``head_norm``, ``stride``,
-    ``border``, ``init``), checkpoints and log.jsonl to ``out_dir`` and
-    returns the final.pt path. ``border`` picks the labelled pairs
+    ``backbone_options``, ``num_classes``, ``class_names``, ``radius``,
+    ``head_norm``, ``stride``, ``border``, ``init``, ``augment``),
+    checkpoints and log.jsonl to ``out_dir`` and returns the final.pt path.
+    ``border`` picks the labelled pairs
     (:func:`~wsss_fast.affinity_labels.pair_labels`)."""
     cfg = cfg or psa_train_config()
     augment = augment or AugmentSettings()
@@ -173,7 +184,8 @@ def train_affinity(images: VOCSegmentation, label_dir: str | os.PathLike, out_di
     model, backbone_meta, how = build_affinity_net(init, radius=radius, head_norm=head_norm)
     if progress:
         print(f"train-aff: {how}")
-    metadata = {"kind": "affinity", **backbone_meta, "radius": radius, "head_norm": head_norm,
+    metadata = {"kind": "affinity", **backbone_meta, "num_classes": images.num_classes,
+                "class_names": list(images.class_names), "radius": radius, "head_norm": model.head_norm,
                 "stride": model.stride, "border": border, "init": how,
                 "augment": {"crop": augment.crop, "resize_long": augment.resize_long,
                             "jitter": augment.jitter, "flip": augment.flip}}

@@ -26,7 +26,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from .affinity_labels import background_score, check_cams
 from .crf import imap_dense_crf
 from .data.voc import VOCRoot
 from .errors import DataError
+from .inference import batches_by_size, image_sizes
 from .models.affinity_net import AffinityNet
 from .storage import load_scores, save_label_png, save_scores
 from .transforms import normalize
@@ -115,23 +115,13 @@ class _WalkInputs(Dataset):
         return name, image, cams.keys, np.clip(cams.data, 0, 1)
 
 
-def _same_size_batches(voc: VOCRoot, names: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Index batches of at most ``batch_size`` images of one size (sizes read
-    from the file headers), in order of first appearance."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, name in enumerate(names):
-        with Image.open(voc.image_path(name)) as image:
-            groups.setdefault(image.size, []).append(i)
-    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-
-
 def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                 settings: WalkSettings, *, batch_size: int = 8, device: str = "cpu",
                 num_workers: int = 0) -> Iterator[Propagated]:
     """:func:`propagate` over ``names``, batched by image size; yields each
     image's result (argmax labels) as its batch finishes."""
     cam_dir = Path(cam_dir)
-    batches = _same_size_batches(voc, names, batch_size)
+    batches = batches_by_size(image_sizes([voc.image_path(n) for n in names]), batch_size)
     loader = DataLoader(_WalkInputs(voc, names, cam_dir), batch_sampler=batches,
                         num_workers=num_workers, collate_fn=list)
     for batch in loader:

@@ -7,23 +7,10 @@ import argparse
 from pathlib import Path
 
 from . import int_at_least
+from .train_cls import add_device_flags, default_device, key_value
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """argparse ``type=`` for KEY=VALUE, the value parsed as YAML (numbers,
-    booleans, strings)."""
-    import yaml
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
 
 
 def positive_float(text: str) -> float:
@@ -36,16 +23,9 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser, split: str) -> None:
+def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
-    p.add_argument("--split", default=split, help=f"split name or list file (default {split})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--num-workers", type=int_at_least(0), default=2, metavar="N",
-                   help="data-loading worker processes (default 2)")
+    p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
 
 
 def add_parser(subparsers) -> None:
@@ -55,7 +35,7 @@ def add_parser(subparsers) -> None:
                     "alpha (PSA); writes the marginals to OUT/la and OUT/ha (score .npz at image "
                     "resolution, keys [0, classes]). Resumes (skips images whose two files exist); "
                     "shards over torchrun ranks; CRFs run over a process pool.")
-    _common(p, "train_aug")
+    _data(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--low-alpha", type=positive_float, default=4.0, metavar="A",
@@ -67,6 +47,7 @@ def add_parser(subparsers) -> None:
                    help="CRF processes (default: every core)")
     p.add_argument("--encoding", choices=("uint8", "float16"), default="uint8",
                    help="score-file encoding (default uint8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_make_labels)
 
     p = subparsers.add_parser(
@@ -76,19 +57,21 @@ def add_parser(subparsers) -> None:
                     "rescaling. The backbone comes from a train-cls model (--init) or is built by "
                     "name with optional pretrained weights (--backbone, --weights: PSA starts from "
                     "ImageNet weights). Writes final.pt, checkpoints and log.jsonl to --out.")
-    _common(p, "train_aug")
+    _data(p)
     p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-aff-labels")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
-    g.add_argument("--init", metavar="PATH", help="classifier final.pt (or its folder) whose backbone to start from")
-    g.add_argument("--backbone", help="backbone name (instead of --init)")
-    g.add_argument("--weights", metavar="FILE", help="pretrained backbone weights for --backbone")
+    g.add_argument("--init", metavar="PATH",
+                   help="classifier final.pt (or its folder): the backbone (name, options, weights) to start from")
+    g.add_argument("--backbone", help="backbone name (without --init; with it, must be the classifier's)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="backbone weights file (PSA: ImageNet); with --init it replaces the classifier's weights")
     g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option, repeatable (e.g. width=16)")
-    g.add_argument("--head-norm", choices=("gn", "none"), default="gn",
-                   help="GroupNorm after the head's projections (PSA's VGG-16 head; default) or none "
-                        "(PSA's ResNet-38 head)")
+    g.add_argument("--head-norm", choices=("gn", "none"), default=None,
+                   help="GroupNorm after the head's projections (PSA's VGG-16 head) or none (PSA's ResNet-38 "
+                        "head); default: none for resnet38, gn otherwise")
     g.add_argument("--radius", type=int_at_least(2), default=5, help="pair radius on the grid (default 5)")
     g.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     t = p.add_argument_group("optimisation")
@@ -102,7 +85,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
                    help="random long-side resize range (px; PSA's train_aff: none)")
     t.add_argument("--no-jitter", action="store_true", help="no colour jitter")
-    _device(p)
+    add_device_flags(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -110,7 +93,7 @@ def add_parser(subparsers) -> None:
         description="PSA's infer_aff: background (1 - max CAM)^alpha, maps pooled to the stride-8 "
                     "grid, sparse random walk (beta, steps), upsampled, argmax -> OUT/<name>.png "
                     "(evaluable with wsss-fast eval). Resumes; shards over torchrun ranks.")
-    _common(p, "train_aug")
+    _data(p)
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-aff final.pt or its folder")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label-map folder")
@@ -122,14 +105,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="same-size images per batch (default 8)")
-    _device(p)
+    add_device_flags(p)
     p.set_defaults(func=run_rw)
-
-
-def _default_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_make_labels(args: argparse.Namespace) -> None:
@@ -153,20 +130,20 @@ def run_train(args: argparse.Namespace) -> None:
                         classifier=args.init)
     cfg = psa_train_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
-                           num_workers=args.num_workers)
+                           num_workers=2 if args.num_workers is None else args.num_workers)
     augment = AugmentSettings(crop=args.crop, resize_long=tuple(args.resize_long) if args.resize_long else None,
                               jitter=None if args.no_jitter else AugmentSettings.jitter)
     images = VOCSegmentation(args.voc, args.split, labels=False)
     final = train_affinity(images, args.labels, args.out, init, cfg=cfg, augment=augment,
                            radius=args.radius, head_norm=args.head_norm, border=args.border,
-                           resume=args.resume, device=_default_device(args.device),
+                           resume=args.resume, device=default_device(args.device),
                            progress=not args.no_progress)
     print(f"train-aff: wrote {final}")
 
 
 def run_rw(args: argparse.Namespace) -> None:
     from ..data.voc import VOCRoot
-    from ..models.affinity_net import load_affinity_net
+    from ..models.checkpoints import load_affinity_net
     from ..rw_stage import WalkSettings, run_random_walk
 
     voc = VOCRoot(args.voc)
@@ -175,7 +152,8 @@ def run_rw(args: argparse.Namespace) -> None:
     settings = WalkSettings(alpha=args.alpha, beta=args.beta, n_steps=args.steps, border=args.border)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
                               crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
-                              device=_default_device(args.device), num_workers=args.num_workers,
+                              device=default_device(args.device),
+                              num_workers=2 if args.num_workers is None else args.num_workers,
                               progress=not args.no_progress)
     print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "
           f"({summary['images_per_second']:.2f} images/s), {summary['skipped']} already done -> {args.out}")

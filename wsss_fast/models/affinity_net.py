@@ -1,5 +1,6 @@
 """AffinityNet (PSA; SPEC.md, "AffinityNet and random walk") on any
-:class:`Backbone`, its loss, and rebuilding a trained one from final.pt.
+:class:`Backbone`, and its loss. A trained one is rebuilt from its final.pt
+by :func:`wsss_fast.models.checkpoints.load_affinity_net`.
 
 The head follows PSA's: the last three backbone stages are projected by 1x1
 convolutions (no bias) to 64, 128 and 256 channels, each followed by
@@ -11,21 +12,23 @@ Kaiming-normal projections, Xavier-uniform (gain 4) fusion.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import UsageError
-from ..training import load_final
 from .backbone import Backbone, param_groups
-from .registry import build_backbone
 
 PROJECTIONS = (64, 128, 256)
 HEAD_NORMS = ("gn", "none")
+# PSA's heads: GroupNorm on VGG-16, none on ResNet-38; GroupNorm for the rest.
+HEAD_NORM_DEFAULTS = {"resnet38": "none"}
 EPS = 1e-5  # PSA's guard inside the logarithms and the pair counts
+
+
+def default_head_norm(backbone_name: str) -> str:
+    """The head normalisation PSA uses with that backbone ("gn" if PSA has none)."""
+    return HEAD_NORM_DEFAULTS.get(backbone_name, "gn")
 
 
 class AffinityNet(nn.Module):
@@ -109,17 +112,3 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     metrics = {f"{k}_loss": v.item() for k, v in terms.items()}
     metrics.update({f"{k}_pairs": v.item() for k, v in counts.items()})
     return loss, metrics
-
-
-def load_affinity_net(path: str | os.PathLike) -> AffinityNet:
-    """The AffinityNet saved by ``wsss-fast train-aff`` at ``path`` (a final.pt
-    or the folder holding it), in eval mode on the CPU."""
-    payload = load_final(path)
-    meta = payload["metadata"]
-    if meta.get("kind") != "affinity":
-        raise UsageError(f"{path} holds a {meta.get('kind', 'unknown')!r} model, not an AffinityNet "
-                         "(train one with wsss-fast train-aff)")
-    backbone = build_backbone(meta["backbone"], None, **meta["backbone_options"])
-    model = AffinityNet(backbone, radius=meta["radius"], head_norm=meta["head_norm"])
-    model.load_state_dict(payload["model"])
-    return model.eval()

@@ -4,8 +4,8 @@ A final.pt (see :class:`wsss_fast.training.Trainer`) holds ``model`` (the
 state dict), ``config`` and ``metadata``, which says how to rebuild the
 network::
 
-    kind              "classifier" (train-cls), "refine" (train-refine) or
-                      "segmentation" (train-seg)
+    kind              "classifier" (train-cls), "refine" (train-refine),
+                      "segmentation" (train-seg) or "affinity" (train-aff)
     backbone          registry name (wsss_fast.models.BACKBONES)
     backbone_options  keyword options of that backbone's factory
     num_classes       C, object classes (background excluded); segmentation:
@@ -15,6 +15,7 @@ network::
     dropout           classifiers only: dropout before the heads
     method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
     head              segmentation only: "aspp" or "largefov"
+    radius, head_norm affinity only: pair radius and the head's normalisation
 
 The backbone is built without pretrained weights (the state dict replaces
 them). Every error names the file.
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training import FINAL, load_final
+from .affinity_net import AffinityNet
 from .classifier import Classifier
 from .deeplab import DeepLab
 from .refine import RefineNet
@@ -82,6 +84,8 @@ def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
                            dropout=float(meta.get("dropout") or 0.0))
     elif meta["kind"] == "segmentation":
         model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
+    elif meta["kind"] == "affinity":
+        model = AffinityNet(backbone, radius=int(meta["radius"]), head_norm=meta["head_norm"])
     else:
         model = RefineNet(backbone, int(meta["num_classes"]))
     _load_state(model, state, path, f"{meta['backbone']} {meta['kind']}")
@@ -97,6 +101,12 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
 def load_refine(path: str | os.PathLike) -> RefineNet:
     """The :class:`RefineNet` saved in a train-refine final.pt (or its folder)."""
     state, meta = read_checkpoint(path, ("refine",))
+    return build_model(state, meta, path)
+
+
+def load_affinity_net(path: str | os.PathLike) -> AffinityNet:
+    """The :class:`AffinityNet` saved in a train-aff final.pt (or its folder)."""
+    state, meta = read_checkpoint(path, ("affinity",))
     return build_model(state, meta, path)
 
 
