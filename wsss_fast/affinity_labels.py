@@ -42,7 +42,7 @@ from .data.voc import VOCRoot
 from .errors import DataError
 from .pairs import counted_sources, offsets
 from .palette import VOID
-from .storage import ScoreMap, load_scores, save_scores
+from .storage import ScoreMap, load_scores, require_score_files, save_scores
 
 LOW, HIGH = "la", "ha"    # sub-folders of the low- and high-alpha CRF marginals
 ALPHAS = (4.0, 32.0)      # PSA's infer_cls defaults (paper: 4 and 24)
@@ -123,11 +123,7 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     todo = [n for n in names if not all(p.is_file() for p in label_paths(out_dir, n))]
     skipped = len(names) - len(todo)
     todo = distributed.shard(todo)
-    missing = [n for n in todo if not (cam_dir / f"{n}.npz").is_file()]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise DataError(f"missing CAM files {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
-                        f"in {cam_dir}")
+    require_score_files(cam_dir, todo)
     voc.check_images(todo)
     start = time.perf_counter()
     keys_of: deque[np.ndarray] = deque()  # filled as the jobs are read

@@ -36,7 +36,7 @@ from .data.voc import VOCRoot
 from .errors import DataError
 from .inference import batches_by_size, image_sizes
 from .models.affinity_net import AffinityNet
-from .storage import load_scores, save_label_png, save_scores
+from .storage import load_scores, require_score_files, save_label_png, save_scores
 from .transforms import normalize
 
 
@@ -181,11 +181,7 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
     todo = [n for n in names if not done(n)]
     skipped = len(names) - len(todo)
     todo = distributed.shard(todo)
-    missing = [n for n in todo if not (cam_dir / f"{n}.npz").is_file()]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise DataError(f"missing CAM files {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
-                        f"in {cam_dir}")
+    require_score_files(cam_dir, todo)
     voc.check_images(todo)
     model = model.eval().to(device)
     start = time.perf_counter()

@@ -161,6 +161,16 @@ def load_scores(path: str | os.PathLike) -> ScoreMap:
     return ScoreMap(keys, data)
 
 
+def require_score_files(directory: str | os.PathLike, names, what: str = "CAM files") -> None:
+    """Raises DataError naming the first few ``<name>.npz`` missing in ``directory``."""
+    directory = Path(directory)
+    missing = [n for n in names if not (directory / f"{n}.npz").is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"missing {what} {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
+                        f"in {directory}")
+
+
 def save_label_png(path: str | os.PathLike, label) -> None:
     """Writes a (H, W) uint8 label map as a VOC-palette PNG, atomically."""
     label = np.asarray(label)

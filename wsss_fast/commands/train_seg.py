@@ -5,25 +5,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import int_at_least
+from . import int_at_least, positive_float
 from .train_cls import add_device_flags, key_value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _scale_range(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}")
-    low, high = (_positive_float(p) for p in parts)
+    low, high = (positive_float(p) for p in parts)
     if low > high:
         raise argparse.ArgumentTypeError(f"LOW must not exceed HIGH, got {text!r}")
     return low, high
@@ -55,7 +45,7 @@ def add_parser(subparsers) -> None:
                         "when neither is given)")
     p.add_argument("--epochs", type=int_at_least(1), metavar="N", help="epochs, when --iterations is not given")
     p.add_argument("--batch-size", type=int_at_least(1), default=10, metavar="N", help="default 10")
-    p.add_argument("--lr", type=_positive_float, default=2.5e-4, help="base learning rate (default 2.5e-4; "
+    p.add_argument("--lr", type=positive_float, default=2.5e-4, help="base learning rate (default 2.5e-4; "
                    "x10 for the head)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
     p.add_argument("--crop", type=int_at_least(8), default=321, metavar="PX", help="crop side (default 321)")
