@@ -16,7 +16,7 @@ TINY = ["stages.train-cls.epochs=1", "stages.train-cls.backbone_option={width: 4
         "stages.train-cls.resize_long=[32, 48]", "stages.train-cls.batch_size=8", "stages.train-cls.num_workers=0",
         "stages.train-aff.epochs=1", "stages.train-aff.crop=32", "stages.train-aff.batch_size=8",
         "stages.train-aff.num_workers=0", "stages.train-seg.epochs=1", "stages.train-seg.crop=32",
-        "stages.train-seg.backbone_option={width: 4}", "stages.train-seg.batch_size=8",
+        "stages.train-seg.batch_size=8",
         "stages.train-seg.num_workers=0", "stages.make-cam.workers=0", "stages.rw.num_workers=0",
         "stages.rw-crf.num_workers=0", "stages.infer-seg.num_workers=0", "stages.infer-seg-crf.num_workers=0"]
 DEMO = ["--n-train", "24", "--n-val", "8", "--size", "48"]

@@ -18,7 +18,7 @@ hands its weight decay to SGD's momentum slot, so its momentum is 5e-4
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,8 @@ from torch.utils.data import Dataset
 from .affinity_labels import label_from_scores, label_paths, load_label_scores, pair_labels
 from .data.dataset import VOCSegmentation, collate_skip_none
 from .errors import DataError, UsageError
-from .models import build_backbone, load_weights
 from .models.affinity_net import AffinityNet, affinity_loss, default_head_norm
-from .models.checkpoints import read_checkpoint
+from .models.initial import BackboneInit, initial_backbone
 from .training import EpochDataset, Trainer, TrainConfig
 from .transforms import TrainAugment
 
@@ -117,52 +116,15 @@ def affinity_loss_fn(radius: int, border: str):
     return loss_fn
 
 
-@dataclass
-class BackboneInit:
-    """Where the backbone comes from.
-
-    ``classifier``: a train-cls final.pt (or its folder); it fixes the
-    backbone's name and options and, unless ``weights`` is given, its
-    weights. ``name`` / ``options``: the backbone to build (with a
-    classifier: only to confirm its name). ``weights``: a weights file (e.g.
-    ImageNet, as PSA) that replaces the classifier's weights; without a
-    classifier and without weights the backbone is randomly initialised.
-    """
-    name: str | None = None
-    options: dict = field(default_factory=dict)
-    weights: str | None = None
-    classifier: str | None = None
-
-
 def build_affinity_net(init: BackboneInit, *, radius: int, head_norm: str | None = None
                        ) -> tuple[AffinityNet, dict, str]:
     """The network to train (head_norm None: PSA's choice for the backbone,
     :func:`~wsss_fast.models.affinity_net.default_head_norm`), its backbone's
     {"backbone": name, "backbone_options": options} for the metadata, and a
     line saying how the backbone was initialised."""
-    name, options = init.name, dict(init.options)
-    state = None
-    if init.classifier is not None:
-        state, meta = read_checkpoint(init.classifier, ("classifier",))
-        if name is not None and name != meta["backbone"]:
-            raise UsageError(f"--backbone {name} differs from the backbone of classifier {init.classifier} "
-                             f"({meta['backbone']}); leave out --init to build {name} from --weights")
-        if options and init.weights is None:
-            raise UsageError("--backbone-option would change the classifier's backbone; it is taken "
-                             f"as trained ({meta['backbone_options']})")
-        name, options = meta["backbone"], {**meta["backbone_options"], **options}
-    if name is None:
-        raise UsageError("name a backbone (--backbone) or a classifier to start from (--init)")
-    if state is not None and init.weights is None:
-        backbone = build_backbone(name, None, **options)
-        report = load_weights(backbone, state, what=f"{name} backbone",
-                              key_map=lambda k: k[len("backbone."):] if k.startswith("backbone.") else None)
-        how = f"backbone {name} from classifier {init.classifier}: {report.summary()}"
-    else:
-        backbone = build_backbone(name, init.weights, **options)
-        how = f"backbone {name} from {init.weights or 'random initialisation'}"
-    net = AffinityNet(backbone, radius=radius, head_norm=head_norm or default_head_norm(name))
-    return net, {"backbone": name, "backbone_options": options}, how
+    backbone, meta, how = initial_backbone(init)
+    net = AffinityNet(backbone, radius=radius, head_norm=head_norm or default_head_norm(meta["backbone"]))
+    return net, meta, how
 
 
 def train_affinity(images: VOCSegmentation, label_dir: str | os.PathLike, out_dir: str | os.PathLike,

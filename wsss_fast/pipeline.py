@@ -162,6 +162,19 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
+def stage_options(run: Run, stage: Stage) -> dict:
+    """The stage's wiring, then its config options (which win); an option
+    value "@<stage>" stands for that stage's output folder (e.g.
+    ``init: "@train-cls"`` starts train-seg from the classifier)."""
+    options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
+    for key, value in options.items():
+        if isinstance(value, str) and value.startswith("@"):
+            if value[1:] not in STAGE_NAMES:
+                raise UsageError(f"stages.{stage.name}.{key}: {value!r} names no stage")
+            options[key] = run.dir(value[1:])
+    return options
+
+
 def stage_args(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParser]) -> argparse.Namespace:
     """The parsed arguments of a stage: its wiring, then its config options
     (which win), through the subcommand's own parser, so that the config is
@@ -169,8 +182,7 @@ def stage_args(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParse
     if stage.command not in parsers:
         raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
     parser = parsers[stage.command]
-    options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
-    argv = options_to_argv(parser, options, f"stages.{stage.name}")
+    argv = options_to_argv(parser, stage_options(run, stage), f"stages.{stage.name}")
     try:
         return parser.parse_args(argv)
     except SystemExit:
@@ -200,8 +212,7 @@ def describe(run: Run) -> str:
     parsers = _subparsers(build_parser())
     lines = []
     for stage in (s for s in STAGES if run.has(s.name)):
-        options = {**stage.wiring(run, run.dir(stage.name)), **run.options.get(stage.name, {})}
-        argv = options_to_argv(parsers[stage.command], options, f"stages.{stage.name}")
+        argv = options_to_argv(parsers[stage.command], stage_options(run, stage), f"stages.{stage.name}")
         lines.append(f"[{stage.name}] wsss-fast {stage.command} {' '.join(argv)}")
     return "\n".join(lines)
 

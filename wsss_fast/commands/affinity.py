@@ -115,7 +115,8 @@ def run_make_labels(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from ..affinity_training import AugmentSettings, BackboneInit, psa_train_config, train_affinity
+    from ..affinity_training import AugmentSettings, psa_train_config, train_affinity
+    from ..models.initial import BackboneInit
     from ..data.dataset import VOCSegmentation
 
     init = BackboneInit(name=args.backbone, options=dict(args.backbone_option), weights=args.weights,

@@ -37,6 +37,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option (VALUE parsed as YAML, e.g. width=8), repeatable; added to the "
                         "default backbone's options")
+    p.add_argument("--init", metavar="PATH",
+                   help="a classifier's final.pt (or its folder): start from its backbone (architecture and "
+                        "weights, unless --weights replaces them)")
     p.add_argument("--weights", metavar="FILE",
                    help="backbone weights, a .pth file (ImageNet or COCO-pretrained; 'imagenet' where the "
                         "backbone's package ships them); default: random initialisation")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
                   num_workers=TRAIN_DEFAULTS.num_workers if args.num_workers is None else args.num_workers)
     final = train_segmentation(args.voc, args.split, args.labels, args.out, head=args.head,
                                backbone=args.backbone, backbone_options=dict(args.backbone_option),
-                               weights=args.weights,
+                               weights=args.weights, classifier=args.init,
                                cfg=cfg, iterations=iterations, crop=args.crop, scale=args.scale_range,
                                resume=args.resume, device=default_device(args.device),
                                progress=not args.no_progress)

@@ -15,7 +15,7 @@ import torch
 from ..data.dataset import collate_skip_none
 from ..data.labelled import LabelledImages
 from ..errors import UsageError
-from ..models import build_backbone
+from ..models.initial import BackboneInit, initial_backbone
 from ..models.deeplab import DEFAULT_BACKBONES, HEADS, DeepLab, segmentation_loss
 from ..training import EpochDataset, TrainConfig, Trainer
 from ..transforms import TrainAugment
@@ -41,6 +41,7 @@ def _loss(model: DeepLab, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
 def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str | os.PathLike,
                        out_dir: str | os.PathLike, *, head: str = "aspp", backbone: str | None = None,
                        backbone_options: dict | None = None, weights: str | os.PathLike | None = None,
+                       classifier: str | os.PathLike | None = None,
                        cfg: TrainConfig = TRAIN_DEFAULTS, iterations: int | None = ITERATIONS,
                        crop: int = CROP, scale: tuple[float, float] = SCALE, resume: bool = False,
                        device: str | torch.device = "cpu", progress: bool = True) -> Path:
@@ -53,6 +54,8 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
             head's, :data:`~wsss_fast.models.deeplab.DEFAULT_BACKBONES`).
         weights: backbone weights file (ImageNet or COCO-pretrained), given
             to the backbone's factory; None initialises it randomly.
+        classifier: a train-cls final.pt (or its folder) whose backbone
+            (architecture and, without ``weights``, weights) to start from.
         cfg: optimisation settings; ``cfg.epochs`` is used when
             ``iterations`` is None, else replaced by the whole epochs that
             make at least ``iterations`` steps.
@@ -67,10 +70,10 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if iterations is not None and iterations < 1:
         raise UsageError(f"iterations must be >= 1, got {iterations}")
-    if backbone is None:
-        backbone, defaults = DEFAULT_BACKBONES[head]
-        backbone_options = {**defaults, **(backbone_options or {})}
     backbone_options = dict(backbone_options or {})
+    if backbone is None and classifier is None:
+        backbone, defaults = DEFAULT_BACKBONES[head]
+        backbone_options = {**defaults, **backbone_options}
     data = LabelledImages(voc_root, split, labels_dir)
     if iterations is not None:
         cfg = replace(cfg, epochs=epochs_for(iterations, len(data), cfg.batch_size))
@@ -79,9 +82,11 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
                               "weights": None if weights is None else str(weights)})
     augment = TrainAugment(crop, scale=scale, flip=True, jitter=None, label_keys=("target",))
     torch.manual_seed(cfg.seed)  # the initialisation of new layers
-    model = DeepLab(build_backbone(backbone, weights, **backbone_options), data.num_classes, head)
-    metadata = {"kind": "segmentation", "backbone": backbone, "backbone_options": backbone_options,
-                "head": head, "num_classes": data.num_classes, "class_names": list(data.class_names)}
+    net, backbone_meta, how = initial_backbone(BackboneInit(backbone, backbone_options, weights, classifier))
+    if progress:
+        print(f"train-seg: {how}")
+    model = DeepLab(net, data.num_classes, head)
+    metadata = {"kind": "segmentation", **backbone_meta, "head": head, "num_classes": data.num_classes, "class_names": list(data.class_names)}
     trainer = Trainer(model, model.param_groups(), cfg, out_dir, _loss, metadata=metadata, device=device,
                       progress=progress, desc="train-seg")
     return trainer.fit(EpochDataset(data, augment, cfg.seed), collate_skip_none, resume=resume)
