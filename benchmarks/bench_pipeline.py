@@ -147,6 +147,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()
     device = torch.device(args.device)
     options = bench_cam.parse_options(args.option)
     sizes = SMALL_SIZES if args.small else bench_cam.VOC_SIZES
@@ -215,7 +216,8 @@ def main() -> None:
         path = write_results("pipeline", device, records, backbone=args.backbone, backbone_options=options,
                              image_sizes=sizes, num_classes=bench_cam.NUM_CLASSES, crf_labels=bench_crf.CLASSES,
                              cam_preset="psa", walk=vars(walk_settings) | {"radius": 5},
-                             crf_preset="psa", dense_n=dense_n, load_average_after=os.getloadavg())
+                             crf_preset="psa", dense_n=dense_n,
+                             load_average_before_after=[load_before, os.getloadavg()])
         print(f"wrote {path}")
 
 
