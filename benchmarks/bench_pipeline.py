@@ -34,12 +34,20 @@ maps of smooth random logits (benchmarks/bench_crf.py's inputs; every other
 one transposed to 500 x 375).
 
 Timed: host-to-device copy, networks, resizing, fusion, walks, copies back to
-the host, argmax, the CRF (including starting its process pool). Not timed:
+the host (which waits for the device), argmax, the CRF (including starting
+its process pool). Wall and CPU seconds (this process and its workers) are
+both recorded: ``cores_used`` = CPU / wall tells contention from other jobs
+(below ``--threads``) on a shared machine. The CAM and walk stages alternate
+their two ways batch by batch (both ways on the first size group, then on the
+next), so that such load falls on both alike. Not timed:
 JPEG decoding and writing files, which the commands overlap with the work
 (DataLoader workers, writer threads), and building the networks. Warm-up:
 each network runs once on a small batch before timing (threads, lazy
 initialisation); on CUDA each way also runs once on one image of each size
 (per-shape kernel selection). Totals add the three stages' seconds per image.
+The walks' times do not depend on the affinities' values (checked: the
+random network's near-zero affinities and PSA-like ones, aff^8 uniform in
+[0, 1), take the same time both ways).
 
     python benchmarks/bench_pipeline.py --n 4 --threads 2 [--dense-n 2] [--device cuda]
     python benchmarks/bench_pipeline.py --n 2 --small --backbone scratch --option width=4 --no-write
@@ -50,6 +58,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +112,35 @@ def crf_inputs(sizes: list[tuple[int, int]], n: int) -> tuple[list[np.ndarray], 
         images[i] = np.ascontiguousarray(images[i][:h, :w])
         probs[i] = np.ascontiguousarray(probs[i][:, :h, :w])
     return images, probs
+
+
+def alternate(batches: list[list[int]], ways: list[Callable[[list[int]], list]], *,
+              only: dict[int, Sequence[int]] | None = None) -> list[tuple[dict[int, object], dict]]:
+    """Runs every way on the first batch, then every way on the second, ...,
+    so that load from other jobs on a shared machine falls on all alike.
+
+    Args:
+        batches: lists of image indices.
+        ways: fn(indices) -> one output per index.
+        only: way number -> the indices it runs on (default: all).
+
+    Returns:
+        per way ({index: output}, {"seconds", "cpu_seconds", "cores_used"}),
+        the times summed over the batches (wall and CPU seconds of this
+        process and its finished child processes).
+    """
+    results = [({}, {"seconds": 0.0, "cpu_seconds": 0.0}) for _ in ways]
+    for batch in batches:
+        for k, (way, (outputs, timing)) in enumerate(zip(ways, results)):
+            indices = [i for i in batch if only is None or k not in only or i in only[k]]
+            if indices:
+                out, t = bench_crf.timed(lambda: way(indices))
+                outputs.update(zip(indices, out))
+                timing["seconds"] += t["seconds"]
+                timing["cpu_seconds"] += t["cpu_seconds"]
+    for _, timing in results:
+        timing["cores_used"] = timing["cpu_seconds"] / timing["seconds"]
+    return results
 
 
 def stage_records(stage: str, fast: dict, ref: dict) -> list[dict]:
@@ -166,34 +204,36 @@ def main() -> None:
     walk_settings = WalkSettings()
     records = []
 
+    batches = batches_by_size([tuple(image.shape[1:]) for image, _ in inputs], args.batch_size)
+
     print(f"cam: {args.n} images, batched and one at a time ...", flush=True)
     bench_cam.run_batched(classifier, warm, cam_settings, device, args.batch_size, False)
     bench_cam.run_loop(classifier, warm, cam_settings, device)
-    cams, fast_s = bench_cam.timed(lambda: bench_cam.run_batched(classifier, inputs, cam_settings, device,
-                                                                 args.batch_size, False), device)
-    loop, ref_s = bench_cam.timed(lambda: bench_cam.run_loop(classifier, inputs, cam_settings, device),
-                                  device)
-    cam_diff = max(float(np.abs(a - b).max()) for a, b in zip(cams, loop))
+    (cams, fast_t), (loop, ref_t) = alternate(batches, [
+        lambda idx: bench_cam.run_batched(classifier, [inputs[i] for i in idx], cam_settings, device,
+                                          args.batch_size, False),
+        lambda idx: bench_cam.run_loop(classifier, [inputs[i] for i in idx], cam_settings, device)])
+    cam_diff = max(float(np.abs(cams[i] - loop[i]).max()) for i in cams)
     records += stage_records(
-        "cam", {"method": f"batch_cams, batches of {args.batch_size}", "images": args.n, "seconds": fast_s,
+        "cam", {"method": f"batch_cams, batches of {args.batch_size}", "images": args.n, **fast_t,
                 "max_abs_diff": cam_diff},
-        {"method": "cam_loop, one image per forward", "images": args.n, "seconds": ref_s})
+        {"method": "cam_loop, one image per forward", "images": args.n, **ref_t})
 
     print(f"rw: {args.n} images sparse, {dense_n} dense ...", flush=True)
-    items = walk_inputs(inputs, cams)
-    run_walk(aff_net, walk_inputs(warm, cams), walk_settings, device, args.batch_size, ops.random_walk)
-    run_walk(aff_net, walk_inputs(warm, cams), walk_settings, device, 1, reference.random_walk_dense)
-    sparse, fast_s = bench_cam.timed(lambda: run_walk(aff_net, items, walk_settings, device, args.batch_size,
-                                                      ops.random_walk), device)
-    dense, ref_s = bench_cam.timed(lambda: run_walk(aff_net, items[:dense_n], walk_settings, device, 1,
-                                                    reference.random_walk_dense), device)
-    rw_diff = max(float(np.abs(a[0] - b[0]).max()) for a, b in zip(sparse, dense))
-    same_labels = float(np.mean([(a[1] == b[1]).mean() for a, b in zip(sparse, dense)]))
+    items = walk_inputs(inputs, [cams[i] for i in range(args.n)])
+    run_walk(aff_net, items[:len(warm)], walk_settings, device, args.batch_size, ops.random_walk)
+    run_walk(aff_net, items[:len(warm)], walk_settings, device, 1, reference.random_walk_dense)
+    (sparse, fast_t), (dense, ref_t) = alternate(batches, [
+        lambda idx: run_walk(aff_net, [items[i] for i in idx], walk_settings, device, args.batch_size,
+                             ops.random_walk),
+        lambda idx: run_walk(aff_net, [items[i] for i in idx], walk_settings, device, 1,
+                             reference.random_walk_dense)], only={1: range(dense_n)})
+    rw_diff = max(float(np.abs(sparse[i][0] - dense[i][0]).max()) for i in dense)
+    same_labels = float(np.mean([(sparse[i][1] == dense[i][1]).mean() for i in dense]))
     records += stage_records(
         "rw", {"method": f"sparse ops.random_walk, batches of {args.batch_size}", "images": args.n,
-               "seconds": fast_s, "max_abs_diff_vs_dense": rw_diff,
-               "label_agreement_vs_dense": same_labels},
-        {"method": "dense T^256 (PSA), one image at a time", "images": dense_n, "seconds": ref_s})
+               **fast_t, "max_abs_diff_vs_dense": rw_diff, "label_agreement_vs_dense": same_labels},
+        {"method": "dense T^256 (PSA), one image at a time", "images": dense_n, **ref_t})
 
     print(f"crf: {args.n} images, pool of {args.crf_workers} and serial ...", flush=True)
     crf_images, crf_probs = crf_inputs(sizes, args.n)
@@ -208,15 +248,15 @@ def main() -> None:
 
     records += total_records(records)
     print_table(records, ["stage", "way", "method", "images", "seconds_per_image", "images_per_second",
-                          "speedup"])
+                          "speedup", "cores_used"])
     print(f"cam max |batched - loop| {cam_diff:.2g}; rw (first {dense_n} images) max |sparse - dense| "
           f"{rw_diff:.2g}, labels agree on {100 * same_labels:.4g}% of pixels; "
           f"crf outputs identical: {identical}")
     if not args.no_write:
         path = write_results("pipeline", device, records, backbone=args.backbone, backbone_options=options,
-                             image_sizes=sizes, num_classes=bench_cam.NUM_CLASSES, crf_labels=bench_crf.CLASSES,
-                             cam_preset="psa", walk=vars(walk_settings) | {"radius": 5},
-                             crf_preset="psa", dense_n=dense_n,
+                             image_sizes=sizes, num_classes=bench_cam.NUM_CLASSES, cam_preset="psa",
+                             walk=vars(walk_settings) | {"radius": 5}, dense_n=dense_n,
+                             crf_preset="psa", crf_labels=bench_crf.CLASSES, crf_workers=args.crf_workers,
                              load_average_before_after=[load_before, os.getloadavg()])
         print(f"wrote {path}")
 
