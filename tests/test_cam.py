@@ -13,7 +13,8 @@ import torch
 
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
 from wsss_fast import cli
-from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings, size_batches
+from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings
+from wsss_fast.inference import batches_by_size
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import load_cam_model, load_classifier
@@ -104,11 +105,11 @@ def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
     assert not torch.allclose(summed, fused, atol=1e-3)
 
 
-def test_size_batches_groups_by_size():
+def test_batches_by_size_of_given_indices():
     sizes = [(3, 4), (4, 3), (3, 4), (3, 4), (4, 3)]
-    assert size_batches(range(5), sizes, 2) == [[0, 2], [3], [1, 4]]
+    assert batches_by_size(sizes, 2, [10, 11, 12, 13, 14]) == [[10, 12], [13], [11, 14]]
     with pytest.raises(UsageError):
-        size_batches(range(5), sizes, 0)
+        batches_by_size(sizes, 0)
 
 
 def test_make_cams_matches_loop_and_keeps_label_classes(demo, model, tmp_path):

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..cam import image_size, inference_device, size_batches
+from ..cam import inference_device
+from ..inference import batches_by_size, image_sizes
 from ..data.dataset import VOCSegmentation
 from ..data.voc import VOCRoot
 from ..distributed import barrier, rank, shard, world_size
@@ -74,7 +75,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     todo = [i for i, name in enumerate(dataset.names) if not (out_dir / f"{name}.png").is_file()]
     barrier()
     mine = shard(todo)
-    batches = size_batches(mine, [image_size(voc.image_path(dataset.names[i])) for i in mine], batch_size)
+    batches = batches_by_size(image_sizes([voc.image_path(dataset.names[i]) for i in mine]), batch_size, mine)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     model = model.to(device).eval()
