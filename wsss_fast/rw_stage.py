@@ -180,6 +180,7 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
 
     todo = [n for n in names if not done(n)]
     skipped = len(names) - len(todo)
+    distributed.barrier()  # every rank has listed the pending images before anyone writes
     todo = distributed.shard(todo)
     require_score_files(cam_dir, todo)
     voc.check_images(todo)

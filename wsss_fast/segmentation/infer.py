@@ -21,11 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..cam import inference_device
 from ..inference import batches_by_size, image_sizes
 from ..data.dataset import VOCSegmentation
 from ..data.voc import VOCRoot
-from ..distributed import barrier, rank, shard, world_size
+from ..distributed import barrier, local_device, rank, shard, world_size
 from ..inference import multiscale_maps
 from ..models.deeplab import DeepLab
 from ..storage import save_label_png
@@ -69,7 +68,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         (already present), ``seconds``, ``images_per_second``.
     """
     start = time.perf_counter()
-    device = inference_device(device)
+    device = local_device(device)
     out_dir = Path(out_dir)
     dataset = VOCSegmentation(voc, split, labels=False)
     todo = [i for i, name in enumerate(dataset.names) if not (out_dir / f"{name}.png").is_file()]
