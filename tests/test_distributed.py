@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from cam_fixtures import one_thread  # noqa: F401
-from dist_utils import torchrun, torchrun_argv
+from dist_utils import child_pids, torchrun, torchrun_argv
 from wsss_fast.cli import main
 from wsss_fast.data.demo import make_demo_data
 from wsss_fast.distributed import shard
@@ -26,6 +26,7 @@ from wsss_fast.training import FINAL, LOG
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 N_TRAIN = 16
+KILL_IMAGES = 48
 TRAINING = ("train-cls", "train-aff", "train-seg")
 INFERENCE = ("make-cam", "make-labels", "make-aff-labels", "rw", "infer-seg")
 # Per-epoch mean losses of 2 processes (gradients averaged by DDP) against 1
@@ -135,27 +136,36 @@ def test_every_training_stage_runs_under_torchrun(voc, tmp_path):
     assert all((out / stage / "stage.json").is_file() for stage in (*TRAINING, *INFERENCE, "eval-rw"))
 
 
-def test_a_killed_rank_leaves_only_whole_files_and_a_rerun_completes_them(voc, single, tmp_path):
+def test_a_killed_rank_leaves_only_whole_files_and_a_rerun_completes_them(single, tmp_path):
+    voc = tmp_path / "voc"  # larger images, so that the run is caught in the middle
+    make_demo_data(voc, n_train=KILL_IMAGES, n_val=1, size=128, progress=False)
+    args = ["make-cam", "--model", single / "train-cls", "--voc", voc, "--split", "train", "--workers", "0",
+            "--batch-size", "1", "--no-progress"]
+    assert main([str(a) for a in [*args, "--out", tmp_path / "clean"]]) == 0
+    reference = outputs(tmp_path / "clean")
+    assert len(reference) == KILL_IMAGES
+
     out = tmp_path / "cam"
-    args = ["make-cam", "--model", single / "train-cls", "--voc", voc, "--split", "train", "--out", out,
-            "--workers", "0", "--no-progress"]
-    proc = subprocess.Popen(torchrun_argv(*args), start_new_session=True, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(torchrun_argv(*args, "--out", out), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len(list(out.glob("*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    proc.wait(timeout=30)
-    time.sleep(0.5)
+    while not any(out.glob("*.npz")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    ranks = child_pids(proc.pid)
+    assert len(ranks) == 2
+    os.kill(ranks[0], signal.SIGKILL)  # one rank dies; torchrun then stops the other and fails
+    assert proc.wait(timeout=60) != 0
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
     killed_with = len(list(out.glob("*.npz")))
-    assert 2 <= killed_with < N_TRAIN, "the run was not caught in the middle"
-    reference = outputs(single / "make-cam")
+    assert 1 <= killed_with < KILL_IMAGES, "the run was not caught in the middle"
     for name, data in outputs(out).items():  # whatever was written is whole
         assert data == reference[name]
 
-    run = torchrun(*args)
+    run = torchrun(*args, "--out", out)
     assert run.returncode == 0, run.stderr
-    assert sum(int(n) for n in re.findall(r"\): (\d+) images in", run.stdout)) == N_TRAIN - killed_with, run.stdout
+    assert sum(int(n) for n in re.findall(r"\): (\d+) images in", run.stdout)) == KILL_IMAGES - killed_with, \
+        run.stdout
     assert outputs(out) == reference
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert all(p.startswith(".") for p in leftovers)  # a killed writer's temp file is hidden, never an output
