@@ -149,7 +149,7 @@ def test_resume_skips_existing_and_refuses_other_settings(demo, model, tmp_path)
 def test_two_torchrun_ranks_cover_every_image_once(demo, model, tmp_path):
     save_classifier(tmp_path / "cls.pt", model)
     run = torchrun("make-cam", "--model", tmp_path / "cls.pt", "--voc", demo, "--out", tmp_path / "cam",
-                   "--scales", "1", "--workers", "0", "--no-progress")
+                   "--scales", "1", "--workers", "0", "--batch-size", "3", "--no-progress")
     assert run.returncode == 0, run.stderr
     counts = sorted(int(m) for m in re.findall(r"rank \d/2\): (\d+) images", run.stdout))
     assert counts == [3, 3], run.stdout

@@ -261,7 +261,7 @@ def test_infer_seg_resumes(demo, trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_cover_every_image_once(demo, trained, tmp_path):
-    run = torchrun(*infer_args(trained, demo, tmp_path / "pred"))
+    run = torchrun(*infer_args(trained, demo, tmp_path / "pred", "--batch-size", "4"))
     assert run.returncode == 0, run.stderr
     counts = sorted(int(m) for m in re.findall(r"rank \d/2: (\d+) images", run.stdout))
     assert counts == [4, 4], run.stdout

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from cam_fixtures import one_thread  # noqa: F401
 from dist_utils import child_pids, torchrun, torchrun_argv
 from wsss_fast.cli import main
 from wsss_fast.data.demo import make_demo_data
 from wsss_fast.distributed import shard
+from wsss_fast.inference import batches_by_size, shard_by_batch
 from wsss_fast.training import FINAL, LOG
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -78,6 +80,26 @@ def test_shard_deals_every_item_once():
     assert parts == [[0, 3, 6], [1, 4], [2, 5]]
     with pytest.raises(ValueError, match="rank 3 outside world size 3"):
         shard(items, 3, 3)
+
+
+def test_shard_by_batch_keeps_every_batch_of_one_process(tmp_path, monkeypatch):
+    sizes = [(32, 48)] * 5 + [(48, 32)] * 4 + [(32, 48)] * 2  # two sizes, interleaved
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (w, h)).save(paths[-1])
+    names = [f"img{i}" for i in range(len(sizes))]
+    single = [[names[i] for i in b] for b in batches_by_size(sizes, 3)]
+    shares = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append(shard_by_batch(paths, 3, names))
+    assert sorted(shares[0] + shares[1]) == sorted(names)
+    for share in shares:  # re-batching a rank's share (what the stages do) gives batches of the single run
+        index = {n: i for i, n in enumerate(names)}
+        rebatched = batches_by_size([sizes[index[n]] for n in share], 3)
+        assert all([share[i] for i in b] in single for b in rebatched)
 
 
 def test_two_processes_train_like_one(voc, tmp_path):
