@@ -2,16 +2,14 @@
 reference loop, normalisation, label masking, DRS max fusion, resume,
 sharding, checkpoints and the make-cam command."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
+from dist_utils import torchrun
 from wsss_fast import cli
 from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings
 from wsss_fast.inference import batches_by_size
@@ -150,11 +148,8 @@ def test_resume_skips_existing_and_refuses_other_settings(demo, model, tmp_path)
 @pytest.mark.slow
 def test_two_torchrun_ranks_cover_every_image_once(demo, model, tmp_path):
     save_classifier(tmp_path / "cls.pt", model)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                          "2", "-m", "wsss_fast", "make-cam", "--model", str(tmp_path / "cls.pt"), "--voc",
-                          str(demo), "--out", str(tmp_path / "cam"), "--scales", "1", "--workers", "0",
-                          "--no-progress"],
-                         capture_output=True, text=True, cwd=os.getcwd(), timeout=300)
+    run = torchrun("make-cam", "--model", tmp_path / "cls.pt", "--voc", demo, "--out", tmp_path / "cam",
+                   "--scales", "1", "--workers", "0", "--batch-size", "3", "--no-progress")
     assert run.returncode == 0, run.stderr
     counts = sorted(int(m) for m in re.findall(r"rank \d/2\): (\d+) images", run.stdout))
     assert counts == [3, 3], run.stdout

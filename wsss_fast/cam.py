@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UsageError
-from .inference import FUSES, batches_by_size, image_sizes, multiscale_maps
+from .inference import FUSES, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
 from .storage import ENCODINGS, save_scores, write_text_atomic
 from .transforms import normalize
 
@@ -188,14 +188,6 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
     return out
 
 
-def inference_device(device: str | torch.device) -> torch.device:
-    """``device``, with "cuda" under torchrun meaning this process's GPU (LOCAL_RANK)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
 def check_settings_file(out_dir: Path, settings: CamSettings, extra: dict | None = None) -> None:
     """Writes the settings (and ``extra`` facts, e.g. the model file) to the
     CAM folder's cam_settings.json, or refuses to add to a folder made with
@@ -220,7 +212,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
 
     Under torchrun every rank lists the images without output, waits for the
     others (:func:`wsss_fast.distributed.barrier`) and takes its share of
-    the list (:func:`wsss_fast.distributed.shard`).
+    the list, whole batches at a time (:func:`wsss_fast.inference.shard_by_batch`).
 
     Args:
         model: network with ``class_maps`` and ``num_classes``.
@@ -239,7 +231,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     from torch.utils.data import DataLoader, default_collate
     from tqdm import tqdm
 
-    from .distributed import barrier, shard
+    from .distributed import barrier, local_device
 
     if encoding not in ENCODINGS:
         raise UsageError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -254,8 +246,8 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     names = dataset.names
     pending = [i for i, name in enumerate(names) if not (out_dir / f"{name}.npz").is_file()]
     barrier()
-    mine = shard(pending)
-    device = inference_device(device)
+    mine = shard_by_batch([dataset.voc.image_path(names[i]) for i in pending], batch_size, pending)
+    device = local_device(device)
     model = model.to(device).eval()
     sizes = image_sizes([dataset.voc.image_path(names[i]) for i in mine])
     batches = batches_by_size(sizes, batch_size, mine)

@@ -3,12 +3,13 @@ images, the inference pattern of CAM, random-walk and DeepLab stages."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 FUSES = ("sum", "max")
+T = TypeVar("T")
 
 
 def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -102,3 +103,17 @@ def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int,
         groups.setdefault(tuple(size), []).append(index)
     return [members[i:i + batch_size] for members in groups.values()
             for i in range(0, len(members), batch_size)]
+
+
+def shard_by_batch(paths: Sequence, batch_size: int, items: Sequence[T]) -> list[T]:
+    """The ``items`` (one per image of ``paths``) this torchrun rank
+    processes: the batches of :func:`batches_by_size` over all of them, dealt
+    round-robin to the ranks (:func:`wsss_fast.distributed.shard`), in batch
+    order. Dealing whole batches keeps every image in the batch it has in a
+    single process (re-batching a rank's share gives the same batches), and a
+    batch's composition can change the float rounding of its outputs, so the
+    files are byte-identical to a single process's."""
+    from .distributed import shard
+
+    batches = batches_by_size(image_sizes(paths), batch_size)
+    return [items[i] for batch in shard(batches) for i in batch]
