@@ -97,7 +97,10 @@ def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
               for s in (32, 48, 64)]
     fused = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64)))
     torch.testing.assert_close(fused, torch.stack(single).amax(dim=0))
-    assert (fused.amax(dim=(2, 3)) > 0.99).all()  # each size max-normalised on its own (+1e-5)
+    # each size max-normalised on its own (+1e-5), so every peak is at most 1 and, after resizing
+    # the square maps back to 33 x 45, close to 1 (a map that is 0 at every size stays 0)
+    peaks = fused.amax(dim=(2, 3))
+    assert ((peaks <= 1) & ((peaks > 0.9) | (peaks == 0))).all() and (peaks > 0.99).any()
     summed = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64),
                                                                              fuse="sum"))
     assert not torch.allclose(summed, fused, atol=1e-3)
