@@ -22,6 +22,7 @@ resumes from the same checkpoint.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -42,7 +43,8 @@ from .storage import atomic_output
 
 CHECKPOINT = "checkpoint.pt"  # latest finished epoch: model, optimiser, epoch
 FINAL = "final.pt"            # weights after the last epoch, with the stage's metadata
-LOG = "log.jsonl"             # one JSON object per logged step and per epoch
+LOG = "log.jsonl"             # one JSON object per logged step and per epoch (and TensorBoard
+                              # scalars in tensorboard/ when the package is installed)
 GROUP_NAMES = ("pretrained_weight", "pretrained_bias", "new_weight", "new_bias")
 
 
@@ -209,10 +211,29 @@ class Trainer:
         return int(state["epoch"]) + 1
 
     def _log(self, record: dict) -> None:
+        """Appends ``record`` to log.jsonl and, with TensorBoard installed, its
+        numbers of step and epoch records to ``out_dir/tensorboard``."""
         if not self.main:
             return
         with open(self.out_dir / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None and record["event"] in ("step", "epoch"):
+            x = record.get("step", record["epoch"])
+            for key, value in record.items():
+                if key not in ("event", "epoch", "step") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"{record['event']}/{key}", value, x)
+            writer.flush()
+
+    def _tensorboard(self):
+        """A SummaryWriter when the tensorboard package is installed, else None."""
+        if not hasattr(self, "_writer"):
+            self._writer = None
+            if importlib.util.find_spec("tensorboard") is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._writer
 
     # -- loop ----------------------------------------------------------------
     def fit(self, dataset: EpochDataset, collate: Callable, *, resume: bool = False) -> Path:
