@@ -11,6 +11,7 @@ passes) and drs (256, 320, 384 squares, 3 passes). Timed: host-to-device
 copy, network, resizing, fusion, normalisation and the copy of each image's
 maps back to the host; not timed: JPEG decoding and writing files, which
 make-cam overlaps with the network (DataLoader workers, writer threads).
+Results: benchmarks/results/cam-<backbone>-<device>.json (one file per backbone).
 Each record also gives the largest difference between the two outputs.
 
     python benchmarks/bench_cam.py --backbone vgg16_d1 --device cuda [--n 64] [--batch-size 8]
@@ -135,8 +136,8 @@ def main() -> None:
     print_table(records, ["preset", "method", "batch_size", "images", "seconds", "images_per_second",
                           "speedup", "max_abs_diff"])
     if not args.no_write:
-        path = write_results("cam", device, records, backbone=args.backbone, backbone_options=options,
-                             image_sizes=sizes, num_classes=NUM_CLASSES)
+        path = write_results(f"cam-{args.backbone}", device, records, backbone=args.backbone,
+                             backbone_options=options, image_sizes=sizes, num_classes=NUM_CLASSES)
         print(f"wrote {path}")
 
 

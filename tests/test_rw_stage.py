@@ -70,6 +70,19 @@ def test_propagate_batches_images_with_different_class_counts(gen):
     assert (both[1, 2:] == 0).all()
 
 
+def test_propagate_takes_another_walk(gen):
+    net = small_net()
+    images = torch.randint(0, 256, (2, 3, 20, 27), dtype=torch.uint8, generator=gen)
+    cams = torch.rand(2, 2, 20, 27, generator=gen)
+    settings = WalkSettings(n_steps=16)
+    sparse = propagate(net, images, cams, settings)
+    dense = propagate(net, images, cams, settings, walk=random_walk_dense)
+    torch.testing.assert_close(dense, sparse, rtol=1e-4, atol=1e-6)
+    no_walk = propagate(net, images, cams, settings, walk=lambda maps, *_: maps)
+    torch.testing.assert_close(no_walk, propagate(net, images, cams, WalkSettings(n_steps=0)))
+    assert not torch.allclose(no_walk, sparse)
+
+
 def test_no_class_means_background(gen):
     net = small_net()
     image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=gen)

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class Propagated:
 
 @torch.no_grad()
 def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
-              settings: WalkSettings) -> torch.Tensor:
+              settings: WalkSettings, *, walk: Callable = ops.random_walk) -> torch.Tensor:
     """The walk of a batch of same-sized images.
 
     Args:
@@ -71,6 +71,9 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
         images: (B, 3, H, W) uint8 or float RGB in [0, 255].
         cams: (B, K, H, W) max-normalised object CAMs in [0, 1] at image
             resolution (channels beyond an image's classes all zero).
+        walk: the walk, ``(maps, aff, radius, beta, n_steps, border) -> maps``:
+            the sparse :func:`wsss_fast.ops.random_walk`, or PSA's dense
+            :func:`wsss_fast.reference.random_walk_dense` (benchmarks).
 
     Returns:
         (B, K + 1, H, W) float32 propagated maps, channel 0 the background.
@@ -87,8 +90,8 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
     if aff.shape[-2:] != grid.shape[-2:]:
         raise ValueError(f"the network's grid {tuple(aff.shape[-2:])} does not match the padded "
                          f"image's {tuple(grid.shape[-2:])} (stride {s})")
-    walked = ops.random_walk(grid.contiguous(), aff.to(grid.dtype), model.radius, settings.beta,
-                             settings.n_steps, settings.border)
+    walked = walk(grid.contiguous(), aff.to(grid.dtype), model.radius, settings.beta,
+                  settings.n_steps, settings.border)
     up = F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return up[..., :h, :w]
 
