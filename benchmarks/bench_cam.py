@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, sync, write_results  # noqa: E402
-from wsss_fast.cam import batch_cams, resolve_settings, size_batches  # noqa: E402
+from wsss_fast.cam import batch_cams, resolve_settings  # noqa: E402
+from wsss_fast.inference import batches_by_size  # noqa: E402
 from wsss_fast.models import Classifier, build_backbone  # noqa: E402
 from wsss_fast.reference.cam import cam_loop  # noqa: E402
 from wsss_fast.transforms import normalize  # noqa: E402
@@ -61,7 +62,7 @@ def run_loop(model, inputs, settings, device) -> list[np.ndarray]:
 def run_batched(model, inputs, settings, device, batch_size, amp) -> list[np.ndarray]:
     """make-cam's engine: same-sized images in batches of ``batch_size``."""
     out: list = [None] * len(inputs)
-    batches = size_batches(range(len(inputs)), [tuple(image.shape[1:]) for image, _ in inputs], batch_size)
+    batches = batches_by_size([tuple(image.shape[1:]) for image, _ in inputs], batch_size)
     for batch in batches:
         images = torch.stack([inputs[i][0] for i in batch]).to(device, non_blocking=True)
         labels = torch.stack([inputs[i][1] for i in batch])

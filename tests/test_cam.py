@@ -2,18 +2,17 @@
 reference loop, normalisation, label masking, DRS max fusion, resume,
 sharding, checkpoints and the make-cam command."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
+from dist_utils import torchrun
 from wsss_fast import cli
-from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings, size_batches
+from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings
+from wsss_fast.inference import batches_by_size
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import load_cam_model, load_classifier
@@ -98,17 +97,20 @@ def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
               for s in (32, 48, 64)]
     fused = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64)))
     torch.testing.assert_close(fused, torch.stack(single).amax(dim=0))
-    assert (fused.amax(dim=(2, 3)) > 0.99).all()  # each size max-normalised on its own (+1e-5)
+    # each size max-normalised on its own (+1e-5), so every peak is at most 1 and, after resizing
+    # the square maps back to 33 x 45, close to 1 (a map that is 0 at every size stays 0)
+    peaks = fused.amax(dim=(2, 3))
+    assert ((peaks <= 1) & ((peaks > 0.9) | (peaks == 0))).all() and (peaks > 0.99).any()
     summed = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64),
                                                                              fuse="sum"))
     assert not torch.allclose(summed, fused, atol=1e-3)
 
 
-def test_size_batches_groups_by_size():
+def test_batches_by_size_of_given_indices():
     sizes = [(3, 4), (4, 3), (3, 4), (3, 4), (4, 3)]
-    assert size_batches(range(5), sizes, 2) == [[0, 2], [3], [1, 4]]
+    assert batches_by_size(sizes, 2, [10, 11, 12, 13, 14]) == [[10, 12], [13], [11, 14]]
     with pytest.raises(UsageError):
-        size_batches(range(5), sizes, 0)
+        batches_by_size(sizes, 0)
 
 
 def test_make_cams_matches_loop_and_keeps_label_classes(demo, model, tmp_path):
@@ -149,11 +151,8 @@ def test_resume_skips_existing_and_refuses_other_settings(demo, model, tmp_path)
 @pytest.mark.slow
 def test_two_torchrun_ranks_cover_every_image_once(demo, model, tmp_path):
     save_classifier(tmp_path / "cls.pt", model)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                          "2", "-m", "wsss_fast", "make-cam", "--model", str(tmp_path / "cls.pt"), "--voc",
-                          str(demo), "--out", str(tmp_path / "cam"), "--scales", "1", "--workers", "0",
-                          "--no-progress"],
-                         capture_output=True, text=True, cwd=os.getcwd(), timeout=300)
+    run = torchrun("make-cam", "--model", tmp_path / "cls.pt", "--voc", demo, "--out", tmp_path / "cam",
+                   "--scales", "1", "--workers", "0", "--batch-size", "3", "--no-progress")
     assert run.returncode == 0, run.stderr
     counts = sorted(int(m) for m in re.findall(r"rank \d/2\): (\d+) images", run.stdout))
     assert counts == [3, 3], run.stdout

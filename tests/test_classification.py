@@ -159,3 +159,22 @@ def test_missing_weights_file_is_a_clear_error(voc, tmp_path, capsys):
     args.remove("--backbone-option")
     assert main(args + ["--weights", str(tmp_path / "nope.pth")]) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_metrics_go_to_tensorboard_when_it_is_installed(voc, tmp_path, monkeypatch):
+    from wsss_fast.training import Trainer
+
+    scalars = []
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(Trainer, "_tensorboard", lambda self: Writer())
+    p = scratch(small_preset(**{"train.epochs": 2, "train.log_every": 3}))
+    train_classifier("cam", p, VOCSegmentation(voc, "train"), tmp_path / "tb", weights=None, progress=False)
+    assert ("epoch/loss", 0) in scalars and ("epoch/loss", 1) in scalars and ("epoch/seconds", 1) in scalars
+    assert ("step/loss", 2) in scalars and ("step/lr", 5) in scalars

@@ -3,11 +3,8 @@ train-seg (loss goes down, exact resume, metadata, errors) and infer-seg
 (PNGs that eval reads, resume, sharding, multi-scale + CRF path)."""
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cam_fixtures import one_thread  # noqa: F401
+from dist_utils import torchrun
 from wsss_fast import cli
 from wsss_fast.data.demo import make_demo_data
 from wsss_fast.data.voc import VOCRoot
@@ -263,9 +261,7 @@ def test_infer_seg_resumes(demo, trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_cover_every_image_once(demo, trained, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "wsss_fast", *infer_args(trained, demo, tmp_path / "pred")],
-                         capture_output=True, text=True, cwd=os.getcwd(), timeout=300)
+    run = torchrun(*infer_args(trained, demo, tmp_path / "pred", "--batch-size", "4"))
     assert run.returncode == 0, run.stderr
     counts = sorted(int(m) for m in re.findall(r"rank \d/2: (\d+) images", run.stdout))
     assert counts == [4, 4], run.stdout

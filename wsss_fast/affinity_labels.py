@@ -122,6 +122,7 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     todo = [n for n in names if not all(p.is_file() for p in label_paths(out_dir, n))]
     skipped = len(names) - len(todo)
+    distributed.barrier()  # every rank has listed the pending images before anyone writes
     todo = distributed.shard(todo)
     require_score_files(cam_dir, todo)
     voc.check_images(todo)

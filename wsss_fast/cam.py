@@ -43,11 +43,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from .errors import DataError, UsageError
-from .inference import FUSES, multiscale_maps
+from .errors import UsageError
+from .inference import FUSES, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
 from .storage import ENCODINGS, save_scores, write_text_atomic
 from .transforms import normalize
 
@@ -189,35 +188,6 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
     return out
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image file, from its header."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"unreadable image '{Path(path).name}' in {Path(path).parent}: {exc}") from exc
-
-
-def size_batches(indices: Sequence[int], sizes: Sequence[tuple[int, int]],
-                 batch_size: int) -> list[list[int]]:
-    """``indices`` grouped by image size (groups in order of first
-    appearance), cut into batches of at most ``batch_size``."""
-    if batch_size < 1:
-        raise UsageError(f"batch size must be >= 1, got {batch_size}")
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, size in zip(indices, sizes):
-        groups.setdefault(tuple(size), []).append(index)
-    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-
-
-def inference_device(device: str | torch.device) -> torch.device:
-    """``device``, with "cuda" under torchrun meaning this process's GPU (LOCAL_RANK)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
 def check_settings_file(out_dir: Path, settings: CamSettings, extra: dict | None = None) -> None:
     """Writes the settings (and ``extra`` facts, e.g. the model file) to the
     CAM folder's cam_settings.json, or refuses to add to a folder made with
@@ -242,7 +212,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
 
     Under torchrun every rank lists the images without output, waits for the
     others (:func:`wsss_fast.distributed.barrier`) and takes its share of
-    the list (:func:`wsss_fast.distributed.shard`).
+    the list, whole batches at a time (:func:`wsss_fast.inference.shard_by_batch`).
 
     Args:
         model: network with ``class_maps`` and ``num_classes``.
@@ -261,7 +231,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     from torch.utils.data import DataLoader, default_collate
     from tqdm import tqdm
 
-    from .distributed import barrier, shard
+    from .distributed import barrier, local_device
 
     if encoding not in ENCODINGS:
         raise UsageError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -276,11 +246,11 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     names = dataset.names
     pending = [i for i, name in enumerate(names) if not (out_dir / f"{name}.npz").is_file()]
     barrier()
-    mine = shard(pending)
-    device = inference_device(device)
+    mine = shard_by_batch([dataset.voc.image_path(names[i]) for i in pending], batch_size, pending)
+    device = local_device(device)
     model = model.to(device).eval()
-    sizes = [image_size(dataset.voc.image_path(names[i])) for i in mine]
-    batches = size_batches(mine, sizes, batch_size)
+    sizes = image_sizes([dataset.voc.image_path(names[i]) for i in mine])
+    batches = batches_by_size(sizes, batch_size, mine)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     written: list[str] = []

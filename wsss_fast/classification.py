@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import distributed
 from .data.dataset import VOCSegmentation, collate_skip_none
 from .errors import UsageError
 from .inference import batches_by_size, image_sizes
@@ -183,14 +184,24 @@ def cluster_round(model_path: Path, dataset: VOCSegmentation, out_dir: Path, *, 
                   seed: int, batch_size: int, device: str, num_workers: int, progress: bool) -> dict[str, np.ndarray]:
     """SC-CAM's clustering step: features of the previous round's model, one
     K-means per class (one ops.kmeans call), sub-labels saved in out_dir.
-    Reuses out_dir/subcategories.npz when it exists (resume)."""
+    Reuses out_dir/subcategories.npz when it exists (resume). Under
+    torchrun rank 0 clusters and the other ranks read its table."""
+    path = out_dir / "subcategories.npz"
+    if distributed.is_main() and not path.is_file():
+        _cluster(model_path, dataset, out_dir, path, k=k, n_init=n_init, seed=seed, batch_size=batch_size,
+                 device=device, num_workers=num_workers, progress=progress)
+    distributed.barrier()
+    with np.load(path) as z:
+        return dict(zip(z["names"].tolist(), z["labels"]))
+
+
+def _cluster(model_path: Path, dataset: VOCSegmentation, out_dir: Path, path: Path, *, k: int, n_init: int,
+             seed: int, batch_size: int, device: str, num_workers: int, progress: bool) -> None:
+    """Writes ``path`` (names, sub-labels (N, C*K) float32, cluster sizes,
+    inertia) and subcategories.json (the same statistics per class)."""
     from .models.checkpoints import load_classifier
     from .sccam import subcategory_labels
 
-    path = out_dir / "subcategories.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return dict(zip(z["names"].tolist(), z["labels"]))
     model = load_classifier(model_path)
     features = pooled_features(model, dataset, batch_size=batch_size, device=device,
                                num_workers=num_workers, progress=progress)
@@ -205,7 +216,6 @@ def cluster_round(model_path: Path, dataset: VOCSegmentation, out_dir: Path, *, 
     stats = {name: {"cluster_sizes": result.cluster_sizes[c].tolist(), "inertia": float(result.inertia[c])}
              for c, name in enumerate(dataset.class_names[1:])}
     write_text_atomic(out_dir / "subcategories.json", json.dumps(stats, indent=1) + "\n")
-    return dict(zip(dataset.names, sub))
 
 
 def train_classifier(method: str, p: MethodPreset, dataset: VOCSegmentation, out_dir: str | Path, *,

@@ -2,12 +2,14 @@
 images, the inference pattern of CAM, random-walk and DeepLab stages."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 FUSES = ("sum", "max")
+T = TypeVar("T")
 
 
 def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -68,24 +70,50 @@ def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
 
 
 def image_sizes(paths: Sequence) -> list[tuple[int, int]]:
-    """(H, W) of each image file, read from its header (no decoding)."""
+    """(H, W) of each image file, read from its header (no decoding);
+    DataError naming an unreadable file."""
     from PIL import Image
+
+    from .errors import DataError
 
     sizes = []
     for path in paths:
-        with Image.open(path) as image:
-            sizes.append((image.height, image.width))
+        try:
+            with Image.open(path) as image:
+                sizes.append((image.height, image.width))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"unreadable image '{Path(path).name}' in {Path(path).parent}: {exc}") from exc
     return sizes
 
 
-def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Index batches of at most ``batch_size`` images that share one size, so
-    that they stack without padding (VOC has few distinct sizes). Sizes keep
-    the order of their first appearance; indices within a size stay in order."""
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int,
+                    indices: Sequence[int] | None = None) -> list[list[int]]:
+    """Batches of at most ``batch_size`` images that share one size, so that
+    they stack without padding (VOC has few distinct sizes): lists of
+    ``indices`` (default range(len(sizes))), ``sizes[i]`` being the size of
+    ``indices[i]``. Sizes keep the order of their first appearance; indices
+    within a size keep their order."""
+    from .errors import UsageError
+
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    indices = range(len(sizes)) if indices is None else indices
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, size in enumerate(sizes):
+    for index, size in zip(indices, sizes):
         groups.setdefault(tuple(size), []).append(index)
     return [members[i:i + batch_size] for members in groups.values()
             for i in range(0, len(members), batch_size)]
+
+
+def shard_by_batch(paths: Sequence, batch_size: int, items: Sequence[T]) -> list[T]:
+    """The ``items`` (one per image of ``paths``) this torchrun rank
+    processes: the batches of :func:`batches_by_size` over all of them, dealt
+    round-robin to the ranks (:func:`wsss_fast.distributed.shard`), in batch
+    order. Dealing whole batches keeps every image in the batch it has in a
+    single process (re-batching a rank's share gives the same batches), and a
+    batch's composition can change the float rounding of its outputs, so the
+    files are byte-identical to a single process's."""
+    from .distributed import shard
+
+    batches = batches_by_size(image_sizes(paths), batch_size)
+    return [items[i] for batch in shard(batches) for i in batch]

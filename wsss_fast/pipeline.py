@@ -15,6 +15,11 @@ A stage whose stage.json exists is skipped (its recorded numbers are
 reused), so an interrupted run continues with the stage it was in; that
 stage itself resumes (training from its last epoch, inference from the
 images without outputs).
+
+Under torchrun every rank runs the training and inference stages (which
+split their work over the ranks); evaluation stages run on rank 0 alone while
+the others wait. After each stage the ranks meet, and rank 0 alone writes
+stage.json, summary.json and the report.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .config import check_top_level, options_to_argv
 from .errors import UsageError
 from .storage import write_text_atomic
@@ -217,9 +223,10 @@ def describe(run: Run) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(config: dict, *, progress: bool = True) -> dict:
+def run_pipeline(config: dict, *, progress: bool = True) -> dict | None:
     """Runs the enabled stages in order (skipping finished ones) and writes
-    summary.json and the report; returns the summary."""
+    summary.json and the report; returns the summary (None on the ranks
+    other than 0 under torchrun)."""
     from .cli import build_parser
 
     run = validate(config)
@@ -227,19 +234,26 @@ def run_pipeline(config: dict, *, progress: bool = True) -> dict:
         raise UsageError("the config enables no stage")
     parsers = _subparsers(build_parser())
     run.out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
     records = []
     for stage in (s for s in STAGES if run.has(s.name)):
         marker = run.dir(stage.name) / STAGE_FILE
         if marker.is_file():
             record = {**json.loads(marker.read_text()), "skipped": True}
-            print(f"[{stage.name}] done before ({record['seconds']:.1f} s), skipped")
+            if main:
+                print(f"[{stage.name}] done before ({record['seconds']:.1f} s), skipped")
         else:
-            args = stage_args(run, stage, parsers)
-            print(f"[{stage.name}] wsss-fast {stage.command} ...", flush=True)
             start = time.perf_counter()
-            status = args.func(args)
-            if status not in (None, 0):
-                raise UsageError(f"stage {stage.name} failed with status {status}")
+            if main or stage.title is None:  # an evaluation (it has a title) runs once, on rank 0
+                args = stage_args(run, stage, parsers)
+                if main:
+                    print(f"[{stage.name}] wsss-fast {stage.command} ...", flush=True)
+                status = args.func(args)
+                if status not in (None, 0):
+                    raise UsageError(f"stage {stage.name} failed with status {status}")
+            distributed.barrier()  # every rank is done with the stage
+            if not main:
+                continue
             record = {"name": stage.name, "command": stage.command, "title": stage.title,
                       "seconds": time.perf_counter() - start, "miou": _miou(run.dir(stage.name), stage)}
             write_text_atomic(marker, json.dumps(record, indent=1) + "\n")
@@ -247,6 +261,8 @@ def run_pipeline(config: dict, *, progress: bool = True) -> dict:
             print(f"[{stage.name}] {record['seconds']:.1f} s"
                   + (f", mIoU {100 * record['miou']:.2f}%" if record["miou"] is not None else ""), flush=True)
         records.append(record)
+    if not main:
+        return None
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
                "stages": records,
                "table": [{"name": r["title"], "miou": r["miou"]} for r in records if r["title"]],

@@ -34,7 +34,7 @@ from .affinity_labels import background_score, check_cams
 from .crf import imap_dense_crf
 from .data.voc import VOCRoot
 from .errors import DataError
-from .inference import batches_by_size, image_sizes
+from .inference import batches_by_size, image_sizes, shard_by_batch
 from .models.affinity_net import AffinityNet
 from .storage import load_scores, require_score_files, save_label_png, save_scores
 from .transforms import normalize
@@ -168,8 +168,8 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
                     device: str = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
     """Writes ``out_dir/<name>.png`` label maps (and the propagated maps as
     ``scores_dir/<name>.npz``, keys [0, classes]) for every image; images
-    whose outputs exist are skipped (resume), the rest sharded over the
-    torchrun ranks.
+    whose outputs exist are skipped (resume), the rest sharded (whole
+    batches) over the torchrun ranks.
 
     Returns:
         {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
@@ -183,7 +183,8 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
 
     todo = [n for n in names if not done(n)]
     skipped = len(names) - len(todo)
-    todo = distributed.shard(todo)
+    distributed.barrier()  # every rank has listed the pending images before anyone writes
+    todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
     require_score_files(cam_dir, todo)
     voc.check_images(todo)
     model = model.eval().to(device)

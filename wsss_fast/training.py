@@ -7,9 +7,22 @@ Determinism: the order of an epoch and every augmentation are functions of
 from (seed, epoch) at the start of each epoch, so training that is stopped and
 resumed from its last checkpoint ends with the same weights as training that
 ran straight through (on CPU; CUDA kernels may be non-deterministic).
+
+Under torchrun (WORLD_SIZE > 1) every rank joins the process group (NCCL on
+GPUs, gloo on CPU; see :func:`wsss_fast.distributed.join`), the model is
+wrapped in DistributedDataParallel, and each epoch's order is dealt
+round-robin to the ranks (:func:`epoch_order`). Each rank takes
+``batch_size // world`` images per step, so the effective batch (and hence
+the learning rate) stays the configured one. On GPUs, BatchNorm layers
+become SyncBatchNorm, so their statistics cover the whole batch as in one
+process; gloo has no SyncBatchNorm, so on CPU each rank normalises with its
+own images' statistics. Rank 0 alone writes checkpoint.pt, final.pt and
+log.jsonl (epoch means averaged over the ranks) and prints; every rank
+resumes from the same checkpoint.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -24,12 +37,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import distributed
 from .errors import UsageError
 from .storage import atomic_output
 
 CHECKPOINT = "checkpoint.pt"  # latest finished epoch: model, optimiser, epoch
 FINAL = "final.pt"            # weights after the last epoch, with the stage's metadata
-LOG = "log.jsonl"             # one JSON object per logged step and per epoch
+LOG = "log.jsonl"             # one JSON object per logged step and per epoch (and TensorBoard
+                              # scalars in tensorboard/ when the package is installed)
 GROUP_NAMES = ("pretrained_weight", "pretrained_bias", "new_weight", "new_bias")
 
 
@@ -145,21 +160,33 @@ class Trainer:
             already on the device.
         metadata: stored in final.pt beside the weights (what later stages
             need to rebuild the model: backbone name, options, classes ...).
-        device: torch device.
-        progress: show progress bars.
+        device: torch device; "cuda" under torchrun means this rank's GPU.
+        progress: show progress bars (rank 0 only).
     """
 
     def __init__(self, model: nn.Module, groups: dict[str, list[nn.Parameter]], cfg: TrainConfig,
                  out_dir: str | os.PathLike, loss_fn: LossFn, *, metadata: dict | None = None,
                  device: str | torch.device = "cpu", progress: bool = True, desc: str = "train"):
         cfg.check()
-        self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if cfg.batch_size < self.world:
+            raise UsageError(f"batch size {cfg.batch_size} is smaller than the {self.world} torchrun processes; "
+                             "each needs at least one image per step")
+        self.device = distributed.local_device(device)
+        self.module = model.to(self.device)  # the network itself: its state dict is what gets saved
+        self.model = self.module             # what loss_fn gets: the DDP wrapper under torchrun
+        if self.world > 1:
+            distributed.join(self.device)
+            if self.device.type == "cuda":
+                self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.loss_fn = loss_fn
         self.metadata = dict(metadata or {})
-        self.progress = progress
+        self.main = self.rank == 0
+        self.progress = progress and self.main
         self.desc = desc
         self.optimizer = build_optimizer(groups, cfg)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -167,7 +194,7 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def _save_checkpoint(self, epoch: int) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "epoch": epoch, "config": asdict(self.cfg)}
         with atomic_output(self.out_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -178,14 +205,35 @@ class Trainer:
         if not path.is_file():
             return 0
         state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         return int(state["epoch"]) + 1
 
     def _log(self, record: dict) -> None:
+        """Appends ``record`` to log.jsonl and, with TensorBoard installed, its
+        numbers of step and epoch records to ``out_dir/tensorboard``."""
+        if not self.main:
+            return
         with open(self.out_dir / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None and record["event"] in ("step", "epoch"):
+            x = record.get("step", record["epoch"])
+            for key, value in record.items():
+                if key not in ("event", "epoch", "step") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"{record['event']}/{key}", value, x)
+            writer.flush()
+
+    def _tensorboard(self):
+        """A SummaryWriter when the tensorboard package is installed, else None."""
+        if not hasattr(self, "_writer"):
+            self._writer = None
+            if importlib.util.find_spec("tensorboard") is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._writer
 
     # -- loop ----------------------------------------------------------------
     def fit(self, dataset: EpochDataset, collate: Callable, *, resume: bool = False) -> Path:
@@ -202,27 +250,52 @@ class Trainer:
         start = self._load_checkpoint() if resume else 0
         if len(dataset) < 1:
             raise UsageError("the training set is empty")
-        batch_size = min(self.cfg.batch_size, len(dataset))
-        steps_per_epoch = len(dataset) // batch_size
+        per_rank = len(dataset) // self.world
+        if per_rank < 1:
+            raise UsageError(f"the training set has {len(dataset)} images, fewer than the {self.world} processes")
+        batch_size = min(self.cfg.batch_size // self.world, per_rank)  # per process
+        steps_per_epoch = per_rank // batch_size
         total = steps_per_epoch * self.cfg.epochs
         if start == 0:
             self._log({"event": "start", "config": asdict(self.cfg), "metadata": self.metadata,
-                       "images": len(dataset), "steps_per_epoch": steps_per_epoch})
+                       "images": len(dataset), "steps_per_epoch": steps_per_epoch, "processes": self.world,
+                       "batch_per_process": batch_size})
         for epoch in range(start, self.cfg.epochs):
             torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)
             dataset.set_epoch(epoch)
-            order = epoch_order(len(dataset), self.cfg.seed, epoch)
+            order = epoch_order(len(dataset), self.cfg.seed, epoch, self.rank, self.world)
             batches = [order[i:i + batch_size] for i in range(0, steps_per_epoch * batch_size, batch_size)]
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                                 num_workers=self.cfg.num_workers,
                                 pin_memory=self.device.type == "cuda")
             self._run_epoch(loader, epoch, steps_per_epoch, total)
-            self._save_checkpoint(epoch)
-        payload = {"model": self.model.state_dict(), "metadata": self.metadata, "config": asdict(self.cfg)}
-        with atomic_output(final) as tmp:
-            torch.save(payload, tmp)
+            if self.main:
+                self._save_checkpoint(epoch)
+        if self.main:
+            payload = {"model": self.module.state_dict(), "metadata": self.metadata, "config": asdict(self.cfg)}
+            with atomic_output(final) as tmp:
+                torch.save(payload, tmp)
         self._log({"event": "done", "epochs": self.cfg.epochs})
+        distributed.barrier()  # final.pt exists before any rank returns it
         return final
+
+    def _all_have(self, batch: dict | None) -> bool:
+        """Whether every rank has a batch this step (a rank whose images were
+        all skipped corrupt ones has none; then all skip the step, since DDP
+        needs every rank in each backward)."""
+        if self.world == 1:
+            return batch is not None
+        flag = torch.tensor([float(batch is not None)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _mean_over_ranks(self, means: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return means
+        keys = list(means)  # the same order on every rank: the same loss_fn made them
+        values = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist()))
 
     def _run_epoch(self, loader: DataLoader, epoch: int, steps_per_epoch: int, total: int) -> None:
         self.model.train()
@@ -232,7 +305,7 @@ class Trainer:
         bar = tqdm(loader, total=steps_per_epoch, desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         for i, batch in enumerate(bar):
-            if batch is None:  # every image of the batch was a skipped corrupt one
+            if not self._all_have(batch):  # every image of a batch was a skipped corrupt one
                 continue
             step = epoch * steps_per_epoch + i
             factor = lr_factor(self.cfg, epoch, step, total)
@@ -258,7 +331,7 @@ class Trainer:
                 self._log({"event": "step", "epoch": epoch, "step": step, "lr": self.cfg.lr * factor,
                            **metrics})
         bar.close()
-        means = {k: v / max(seen, 1) for k, v in sums.items()}
+        means = self._mean_over_ranks({k: v / max(seen, 1) for k, v in sums.items()})
         self._log({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start, **means})
         if self.progress:
             print(f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}: "

@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(CONFIG_DIR / "demo.yaml", args.overrides)
     config.update(voc=str(data), out=str(args.out), device=args.device or config.get("device") or "cpu")
     summary = run_pipeline(config)
-    print(f"demo: {summary['total_seconds']:.0f} s in all; {args.out / 'summary.json'}, "
-          f"{args.out / 'report' / 'index.html'}")
+    if summary is not None:  # rank 0
+        print(f"demo: {summary['total_seconds']:.0f} s in all; {args.out / 'summary.json'}, "
+              f"{args.out / 'report' / 'index.html'}")

@@ -31,14 +31,18 @@ class ScratchCNN(Backbone):
         drs: "none" (ReLU), or DRS in place of all 8 ReLUs as the DRS paper
             places it in VGG-16: "learnable" (controller) or "delta" (constant).
         delta: the constant suppression level with drs="delta".
+        frozen_bn: keep BatchNorm fixed (at initialisation: identity), so an
+            image's outputs do not depend on the rest of its batch (how the
+            multi-process tests compare runs exactly).
     """
 
-    def __init__(self, width: int = 32, drs: str = "none", delta: float = 0.55):
+    def __init__(self, width: int = 32, drs: str = "none", delta: float = 0.55, frozen_bn: bool = False):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ScratchCNN: width must be a positive int, got {width!r}")
         if drs not in DRS_MODES:
             raise ValueError(f"ScratchCNN: drs must be one of {DRS_MODES}, got {drs!r}")
+        self.frozen_bn = bool(frozen_bn)
         c = [width, 2 * width, 4 * width, 8 * width]
 
         def layer(cin, cout, stride=1, dilation=1):

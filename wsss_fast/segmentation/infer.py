@@ -6,7 +6,7 @@ image resolution.
 Resume and sharding: images whose PNG exists are skipped; under torchrun
 every rank lists the rest, waits for the others
 (:func:`wsss_fast.distributed.barrier`) and takes its share
-(:func:`wsss_fast.distributed.shard`), as make-cam does.
+(:func:`wsss_fast.inference.shard_by_batch`), as make-cam does.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..cam import image_size, inference_device, size_batches
+from ..inference import batches_by_size, image_sizes, shard_by_batch
 from ..data.dataset import VOCSegmentation
 from ..data.voc import VOCRoot
-from ..distributed import barrier, rank, shard, world_size
+from ..distributed import barrier, local_device, rank, world_size
 from ..inference import multiscale_maps
 from ..models.deeplab import DeepLab
 from ..storage import save_label_png
@@ -68,13 +68,13 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         (already present), ``seconds``, ``images_per_second``.
     """
     start = time.perf_counter()
-    device = inference_device(device)
+    device = local_device(device)
     out_dir = Path(out_dir)
     dataset = VOCSegmentation(voc, split, labels=False)
     todo = [i for i, name in enumerate(dataset.names) if not (out_dir / f"{name}.png").is_file()]
     barrier()
-    mine = shard(todo)
-    batches = size_batches(mine, [image_size(voc.image_path(dataset.names[i])) for i in mine], batch_size)
+    mine = shard_by_batch([voc.image_path(dataset.names[i]) for i in todo], batch_size, todo)
+    batches = batches_by_size(image_sizes([voc.image_path(dataset.names[i]) for i in mine]), batch_size, mine)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     model = model.to(device).eval()
