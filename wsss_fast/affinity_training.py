@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .affinity_labels import label_from_scores, label_paths, load_label_scores, pair_labels
-from .data.dataset import VOCSegmentation, collate_skip_none
+from .data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
 from .errors import DataError, UsageError
 from .models.affinity_net import AffinityNet, affinity_loss, default_head_norm
 from .models.initial import BackboneInit, initial_backbone
@@ -52,7 +51,7 @@ class AugmentSettings:
     flip: bool = True
 
 
-class AffinityLabelSet(Dataset):
+class AffinityLabelSet(ImagesWith):
     """Images of a split with their affinity-label marginals.
 
     Items: ``name``, ``image`` uint8 (3, H, W), ``keys`` int64 (K + 1,),
@@ -61,7 +60,7 @@ class AffinityLabelSet(Dataset):
     """
 
     def __init__(self, images: VOCSegmentation, label_dir: str | os.PathLike):
-        self.images = images
+        super().__init__(images)
         self.label_dir = Path(label_dir)
         missing = [n for n in images.names if not all(p.is_file() for p in label_paths(label_dir, n))]
         if missing:
@@ -69,20 +68,13 @@ class AffinityLabelSet(Dataset):
             raise DataError(f"no affinity labels for {', '.join(map(repr, missing[:3]))}{more} in "
                             f"{self.label_dir} (run wsss-fast make-aff-labels first)")
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict | None:
-        item = self.images[index]
-        if item is None:
-            return None
+    def extras(self, item: dict) -> dict:
         keys, low, high = load_label_scores(self.label_dir, item["name"])
         if low.shape[1:] != tuple(item["image"].shape[1:]):
             raise DataError(f"affinity labels of '{item['name']}' in {self.label_dir} are "
                             f"{low.shape[2]}x{low.shape[1]} but the image is "
                             f"{item['image'].shape[2]}x{item['image'].shape[1]}")
-        return {**item, "keys": torch.from_numpy(keys), "low": torch.from_numpy(low),
-                "high": torch.from_numpy(high)}
+        return {"keys": torch.from_numpy(keys), "low": torch.from_numpy(low), "high": torch.from_numpy(high)}
 
 
 class AffinityAugment:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import distributed
-from .data.dataset import VOCSegmentation, collate_skip_none
+from .data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
 from .errors import UsageError
 from .inference import batches_by_size, image_sizes
 from .models import Classifier, build_backbone
@@ -102,7 +102,7 @@ def classification_loss(sub_weight: float):
     return loss_fn
 
 
-class WithSubLabels(Dataset):
+class WithSubLabels(ImagesWith):
     """Adds ``sub_label`` ((C*K,) float32, from a name -> vector table) to
     the items of a dataset."""
 
@@ -110,17 +110,11 @@ class WithSubLabels(Dataset):
         missing = [n for n in dataset.names if n not in table]
         if missing:
             raise UsageError(f"sub-category labels lack {len(missing)} training images, e.g. {missing[0]!r}")
-        self.dataset = dataset
+        super().__init__(dataset)
         self.table = table
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        if item is not None:
-            item["sub_label"] = torch.from_numpy(self.table[item["name"]])
-        return item
+    def extras(self, item: dict) -> dict:
+        return {"sub_label": torch.from_numpy(self.table[item["name"]])}
 
 
 def build_classifier(preset_: MethodPreset, num_classes: int, weights: str | None,
@@ -128,7 +122,7 @@ def build_classifier(preset_: MethodPreset, num_classes: int, weights: str | Non
     """The classifier of a method with its backbone weights loaded; returns
     it and the backbone's load report (None without weights)."""
     backbone = build_backbone(preset_.backbone, weights, **preset_.backbone_options)
-    report = getattr(backbone, "load_report", None)
+    report = backbone.load_report
     return Classifier(backbone, num_classes, subcategories=subcategories, dropout=preset_.dropout), report
 
 

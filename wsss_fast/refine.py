@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
+from .data.dataset import ImagesWith
 from .errors import DataError, UsageError
 from .storage import load_scores
 from .transforms import colour_jitter, normalize, resize
@@ -58,7 +58,7 @@ def max_mask(maps: torch.Tensor) -> torch.Tensor:
     return maps * (maps == maps.amax(dim=0, keepdim=True))
 
 
-class CamTargets(Dataset):
+class CamTargets(ImagesWith):
     """Items of ``dataset`` (a VOCSegmentation) with the stored CAMs of each
     image: ``cam_keys`` int64 (K,) and ``cam`` float32 (K, H, W).
 
@@ -66,7 +66,7 @@ class CamTargets(Dataset):
     and one naming the file when a CAM's size differs from its image's."""
 
     def __init__(self, dataset, cam_dir: str | os.PathLike):
-        self.dataset = dataset
+        super().__init__(dataset)
         self.cam_dir = Path(cam_dir)
         if not self.cam_dir.is_dir():
             raise DataError(f"CAM folder {self.cam_dir} is not a directory")
@@ -77,20 +77,14 @@ class CamTargets(Dataset):
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise DataError(f"missing CAMs {shown}{more} in {self.cam_dir} (run make-cam first)")
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = dict(self.dataset[index])
+    def extras(self, item: dict) -> dict:
         path = self.cam_dir / f"{item['name']}.npz"
         scores = load_scores(path)
         if scores.data.shape[1:] != tuple(item["image"].shape[1:]):
             raise DataError(f"CAMs '{path.name}' in {path.parent} are {scores.data.shape[2]}x"
                             f"{scores.data.shape[1]} but the image is {item['image'].shape[2]}x"
                             f"{item['image'].shape[1]}")
-        item["cam_keys"] = torch.from_numpy(scores.keys)
-        item["cam"] = torch.from_numpy(scores.data)
-        return item
+        return {"cam_keys": torch.from_numpy(scores.keys), "cam": torch.from_numpy(scores.data)}
 
 
 class RefineAugment:

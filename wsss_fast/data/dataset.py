@@ -87,6 +87,34 @@ class VOCSegmentation(Dataset):
         return self.transform(item) if self.transform is not None else item
 
 
+class ImagesWith(Dataset):
+    """The items of a :class:`VOCSegmentation` (``images``) with entries a
+    later stage adds per image (its labels, targets, CAMs): subclasses
+    implement :meth:`extras`. A skipped corrupt image (None) stays None."""
+
+    def __init__(self, images: VOCSegmentation):
+        self.images = images
+
+    @property
+    def names(self) -> list[str]:
+        return self.images.names
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.images.class_names
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.images[index]
+        return None if item is None else {**item, **self.extras(item)}
+
+    def extras(self, item: dict) -> dict:
+        """The entries to add to ``item`` (a VOCSegmentation item)."""
+        raise NotImplementedError
+
+
 def collate_skip_none(batch: list[dict | None]) -> dict | None:
     """``default_collate`` of the items that are not None (skipped corrupt
     images); None when all of the batch was skipped."""

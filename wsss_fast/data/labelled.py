@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..palette import VOID
 from ..storage import load_label_png
-from .dataset import VOCSegmentation
+from .dataset import ImagesWith, VOCSegmentation
 from .voc import VOCRoot
 
 
-class LabelledImages(Dataset):
+class LabelledImages(ImagesWith):
     """Images of ``split`` with ``<labels_dir>/<name>.png`` as ``target``.
 
     Each item is a dict: ``name``, ``image`` (uint8 tensor (3, H, W), RGB)
@@ -37,7 +36,7 @@ class LabelledImages(Dataset):
 
     def __init__(self, root: str | os.PathLike | VOCRoot, split: str, labels_dir: str | os.PathLike, *,
                  on_corrupt: str = "stop"):
-        self.images = VOCSegmentation(root, split, labels=False, on_corrupt=on_corrupt)
+        super().__init__(VOCSegmentation(root, split, labels=False, on_corrupt=on_corrupt))
         self.labels_dir = Path(labels_dir)
         if not self.labels_dir.is_dir():
             raise DataError(f"label folder {self.labels_dir} is not a directory")
@@ -50,21 +49,7 @@ class LabelledImages(Dataset):
                             f"({len(missing)} of the {len(self.images)} images of split {split!r})")
         self.num_classes = len(self.images.class_names)  # background included
 
-    @property
-    def names(self) -> list[str]:
-        return self.images.names
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.images.class_names
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict | None:
-        item = self.images[index]
-        if item is None:
-            return None
+    def extras(self, item: dict) -> dict:
         path = self.labels_dir / f"{item['name']}.png"
         target = load_label_png(path)
         height, width = item["image"].shape[-2:]
@@ -75,5 +60,4 @@ class LabelledImages(Dataset):
         if bad.any():
             raise DataError(f"label map '{path.name}' in {path.parent} holds value {int(target[bad][0])}, "
                             f"outside 0..{self.num_classes - 1} and {VOID}")
-        item["target"] = torch.from_numpy(target.astype(np.int64))
-        return item
+        return {"target": torch.from_numpy(target.astype(np.int64))}
