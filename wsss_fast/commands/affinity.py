@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least, positive_float
-from .train_cls import add_device_flags, default_device, key_value
+from . import add_device_flags, default_device, int_at_least, key_value, positive_float
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")

@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import int_at_least
-from .train_cls import add_device_flags
+from . import add_device_flags, default_device, int_at_least
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -50,7 +49,6 @@ def run(args: argparse.Namespace) -> None:
     from ..eval import evaluate_label_dirs, format_table
     from ..models.checkpoints import load_deeplab
     from ..segmentation import segment_split
-    from .train_cls import default_device
 
     voc = VOCRoot(args.voc)
     model, meta = load_deeplab(args.model)

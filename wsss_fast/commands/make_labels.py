@@ -14,11 +14,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "make-labels", help="pseudo labels (PNG) from CAMs: background threshold or DRS saliency rule",
         description="Without --saliency: label = argmax over [threshold, CAMs]. With --saliency (DRS): "
-                    f"maps below --alpha are dropped, the saliency map is binarised at "
-                    f"> --saliency-threshold, background score = 1 - salient, argmax; pixels with "
-                    f"more than two scores above --confident and salient pixels labelled background "
-                    f"become 255. Existing PNGs are kept (resume); under torchrun the rest is split "
-                    f"over the ranks.")
+                    "maps below --alpha are dropped, the saliency map is binarised at "
+                    "> --saliency-threshold, background score = 1 - salient, argmax; pixels with "
+                    "more than two scores above --confident and salient pixels labelled background "
+                    "become 255. Existing PNGs are kept (resume); under torchrun the rest is split "
+                    "over the ranks.")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz (make-cam)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of <name>.png")
     p.add_argument("--names", type=Path, metavar="FILE",

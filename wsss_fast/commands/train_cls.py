@@ -6,34 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """argparse ``type=`` for KEY=VALUE, the value parsed as YAML (numbers,
-    booleans, strings, lists)."""
-    import yaml
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
-
-
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",
-                   help="data-loading worker processes (default 2)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def default_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+from . import add_device_flags, default_device, int_at_least, key_value
 
 
 def add_parser(subparsers) -> None:

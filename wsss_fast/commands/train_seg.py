@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import int_at_least, positive_float
-from .train_cls import add_device_flags, key_value
+from . import add_device_flags, default_device, int_at_least, key_value, positive_float
 
 
 def _scale_range(text: str) -> tuple[float, float]:
@@ -65,7 +64,6 @@ def run(args: argparse.Namespace) -> None:
 
     from ..segmentation import TRAIN_DEFAULTS, train_segmentation
     from ..segmentation.train import ITERATIONS
-    from .train_cls import default_device
 
     if args.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
