@@ -1,4 +1,4 @@
-"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.refine)."""
+"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.stages.refine)."""
 from __future__ import annotations
 
 import argparse
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..refine import SCHEDULES, train_refine
+    from ..stages.refine import SCHEDULES, train_refine
 
     epochs, decay_at = SCHEDULES[args.schedule]
     final = train_refine(args.classifier, args.voc, args.split, args.cams, args.out, init=args.init,
