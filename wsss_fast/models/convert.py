@@ -1,5 +1,13 @@
-"""Conversion of other frameworks' weight files to our layouts, without
-those frameworks.
+"""Conversion of other frameworks' and the references' weight files to our
+layouts, without those frameworks.
+
+- MXNet's ImageNet ResNet-38 (below) to PSA's module names.
+- PSA's ResNet-38 classifier (``res38_cls.pth``, SC-CAM's round 0) to
+  :class:`wsss_fast.models.Classifier`: :func:`psa_classifier_state`.
+- deeplab-pytorch's Caffe-derived ResNet-101 DeepLab files (the COCO
+  initialisation ``deeplabv1_resnet101-coco.pth`` and
+  ``DeepLabV2_ResNet101_MSC`` checkpoints) to :class:`wsss_fast.models.DeepLab`
+  on ``resnet101(layout="deeplab")``: :func:`deeplab_pytorch_state`.
 
 MXNet ``.params`` files (``mx.nd.save``; the ImageNet ResNet-38 of PSA and
 SC-CAM, ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``) are parsed with numpy.
@@ -160,3 +168,64 @@ def resnet38_state_from_mxnet(path: str | os.PathLike) -> tuple[dict[str, torch.
         else:
             state[name] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return state, dropped
+
+
+def psa_classifier_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our Classifier's keys for PSA's / SC-CAM's round-0 ResNet-38
+    classifier (network/resnet38_cls.py: the backbone's modules at the top
+    level, ``fc8`` the 1x1 class head without bias): ``fc8.weight`` ->
+    ``head.weight``, every other key -> ``backbone.<key>``."""
+    if "fc8.weight" not in state:
+        raise WeightsError("not a PSA classifier state dict: it has no fc8.weight (the class head)")
+    return {("head.weight" if k == "fc8.weight" else f"backbone.{k}"): v for k, v in state.items()}
+
+
+# deeplab-pytorch (libs/models/resnet.py, deeplabv2.py): _Stem "layer1.conv1",
+# _ResLayer "layer2".."layer5" of _Bottleneck "block<i>" with _ConvBnReLU
+# "reduce" / "conv3x3" / "increase" / "shortcut" ("conv" + "bn" each), and
+# _ASPP "aspp.c<i>"; DeepLabV1's 91-class COCO classifier "fc".
+_DL_BRANCH = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
+              "shortcut": ("downsample.0", "downsample.1")}
+_DL_BLOCK = re.compile(r"layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(\w+)")
+_DL_STEM = re.compile(r"layer1\.conv1\.(conv|bn)\.(\w+)")
+_DL_ASPP = re.compile(r"aspp\.c(\d+)\.(weight|bias)")
+
+
+def deeplab_pytorch_name(key: str) -> str | None:
+    """Our DeepLab key (``backbone.*``, ``head.branches.*``) of a
+    deeplab-pytorch key (``base.`` / ``module.`` prefixes optional); None
+    for DeepLab-v1's COCO classifier ``fc.*``. Raises WeightsError for a key
+    of neither network."""
+    name = re.sub(r"^(module\.)?(base\.)?", "", key)
+    if name.startswith("fc."):
+        return None
+    m = _DL_STEM.fullmatch(name)
+    if m:
+        return f"backbone.{'conv1' if m.group(1) == 'conv' else 'bn1'}.{m.group(2)}"
+    m = _DL_BLOCK.fullmatch(name)
+    if m:
+        layer, block, branch, part, param = m.groups()
+        module = _DL_BRANCH[branch][0 if part == "conv" else 1]
+        return f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{module}.{param}"
+    m = _DL_ASPP.fullmatch(name)
+    if m:
+        return f"head.branches.{m.group(1)}.{m.group(2)}"
+    raise WeightsError(f"{key!r} is not a deeplab-pytorch ResNet-101 DeepLab key")
+
+
+def is_deeplab_pytorch(state: dict) -> bool:
+    """Whether a state dict has deeplab-pytorch's key names (its stem)."""
+    return any(re.sub(r"^(module\.)?(base\.)?", "", k) == "layer1.conv1.conv.weight" for k in state)
+
+
+def deeplab_pytorch_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our DeepLab state dict (float32) of a deeplab-pytorch one, and the
+    keys it leaves out (DeepLab-v1's COCO classifier)."""
+    out, dropped = {}, []
+    for key, value in state.items():
+        name = deeplab_pytorch_name(key)
+        if name is None:
+            dropped.append(key)
+        else:
+            out[name] = value.float() if value.is_floating_point() else value
+    return out, dropped
