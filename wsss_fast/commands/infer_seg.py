@@ -32,6 +32,11 @@ def add_parser(subparsers) -> None:
                    help="input scales, logits averaged (default 1.0, as the reference test; multi-scale: "
                         "0.5,0.75,1,1.25,1.5 with --flip)")
     p.add_argument("--flip", action="store_true", help="also run mirrored images")
+    p.add_argument("--msc", type=_scales, default=(), metavar="S[,S...]",
+                   help="deeplab-pytorch's MSC at test: each pass's logits are the element-wise max over the "
+                        "input and its copies scaled by S (reference: 0.5,0.75; default: none)")
+    p.add_argument("--reference", action="store_true",
+                   help="deeplab-pytorch's test: --msc 0.5,0.75 at scale 1, no flip (explicit --msc wins)")
     p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
@@ -49,13 +54,17 @@ def run(args: argparse.Namespace) -> None:
     from ..eval import evaluate_label_dirs, format_table
     from ..models.checkpoints import load_deeplab
     from ..stages.segment import segment_split
+    from ..stages.segment.train import REFERENCE_RECIPE
 
     voc = VOCRoot(args.voc)
     model, meta = load_deeplab(args.model)
     if tuple(meta["class_names"]) != voc.class_names:
         raise UsageError(f"the model was trained on classes {', '.join(meta['class_names'])} but {voc.root} "
                          f"has {', '.join(voc.class_names)}")
-    summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip,
+    msc = args.msc or (REFERENCE_RECIPE.msc if args.reference else ())
+    if args.reference and (args.scales != (1.0,) or args.flip):
+        raise UsageError("--reference tests at scale 1 without flip, as deeplab-pytorch; leave out --scales/--flip")
+    summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip, msc=msc,
                             crf=args.crf, batch_size=args.batch_size,
                             device=default_device(args.device),
                             num_workers=2 if args.num_workers is None else args.num_workers,
