@@ -16,6 +16,7 @@ extra convolutions of the DRS classifier).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -143,18 +144,27 @@ def msc_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return [logits, *pyramid, torch.stack([logits, *resized]).amax(0)]
 
 
+@functools.lru_cache(maxsize=256)
+def pil_nearest_index(n_out: int, n_in: int) -> tuple[int, ...]:
+    """Source indices of PIL's ``resize(NEAREST)`` along one axis (Pillow's
+    ImagingScaleAffine: position ``a / 2``, then ``+= a`` per output pixel in
+    float64, ``a = n_in / n_out``, truncated); the running sum's rounding is
+    part of the result (300 -> 38 takes row 74, not 75, for output row 9)."""
+    step, position, out = n_in / n_out, n_in / n_out * 0.5, []
+    for _ in range(n_out):
+        out.append(min(int(position), n_in - 1))
+        position += step
+    return tuple(out)
+
+
 def shrink_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Label maps (..., H, W) resized to ``size`` = (h, w) by nearest
-    neighbour exactly as PIL's ``Image.resize(NEAREST)`` does (deeplab-pytorch
-    main.py resize_labels): source index floor((i + 0.5) * H / h), computed in
-    float64."""
+    neighbour exactly as PIL's ``Image.resize(NEAREST)`` (deeplab-pytorch's
+    main.py resize_labels); see :func:`pil_nearest_index`."""
     height, width = target.shape[-2:]
-
-    def index(n_out: int, n_in: int) -> torch.Tensor:
-        i = (torch.arange(n_out, dtype=torch.float64, device=target.device) + 0.5) * (n_in / n_out)
-        return i.floor().long().clamp_(max=n_in - 1)
-
-    return target[..., index(size[0], height)[:, None], index(size[1], width)[None, :]]
+    rows = torch.tensor(pil_nearest_index(int(size[0]), height), device=target.device)
+    cols = torch.tensor(pil_nearest_index(int(size[1]), width), device=target.device)
+    return target[..., rows[:, None], cols[None, :]]
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, at: str = "image") -> torch.Tensor:
