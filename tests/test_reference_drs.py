@@ -186,3 +186,30 @@ def test_scores_keep_their_keys_order_free():
     a = saliency_labels(ScoreMap(np.array([3, 1]), maps), saliency, ignore=False)
     b = saliency_labels(ScoreMap(np.array([1, 3]), maps), saliency, ignore=False)
     assert a.tolist() == b.tolist() == [[1, 1]]
+
+
+def test_drs_deeplab_masked_self_loss():
+    """DeepLab-V2-PyTorch/train.py:263-266: criterion(logit, labels) +
+    criterion(logit, argmax(logit.detach() * cls_labels)), cls_labels with
+    background 1 (libs/datasets/voc.py:97, :101)."""
+    from wsss_fast.stages.segment.train import SegRecipe, segment_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, requires_grad=True)
+    image_labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    target = torch.randint(0, 4, (2, 5, 6))
+    cls_labels = torch.cat([torch.ones(2, 1), image_labels], 1)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    expected = criterion(logits, target) + criterion(logits, (logits.detach() * cls_labels[:, :, None, None]).argmax(1))
+
+    def model(x, msc=()):
+        return logits
+
+    recipe = SegRecipe(loss_at="logits", masked_self_loss=True)
+    loss, metrics = segment_loss(recipe)(model, {"image": None, "target": target, "label": image_labels})
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and "loss_self" in metrics
+    args = cli.build_parser().parse_args(["train-seg", "--voc", "v", "--labels", "l", "--out", "o",
+                                          "--masked-self-loss"])
+    from wsss_fast.commands.train_seg import recipe_from_args
+
+    assert recipe_from_args(args)[0].masked_self_loss

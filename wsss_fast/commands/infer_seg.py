@@ -7,6 +7,8 @@ from pathlib import Path
 from ..errors import UsageError
 from . import add_device_flags, default_device, int_at_least
 
+REFERENCE_FLAGS = ("--msc", "0.5,0.75")  # what --reference stands for (deeplab-pytorch's MSC test)
+
 
 def _scales(text: str) -> tuple[float, ...]:
     try:
@@ -36,7 +38,8 @@ def add_parser(subparsers) -> None:
                    help="deeplab-pytorch's MSC at test: each pass's logits are the element-wise max over the "
                         "input and its copies scaled by S (reference: 0.5,0.75; default: none)")
     p.add_argument("--reference", action="store_true",
-                   help="deeplab-pytorch's test: --msc 0.5,0.75 at scale 1, no flip (explicit --msc wins)")
+                   help=f"deeplab-pytorch's test: {' '.join(REFERENCE_FLAGS)} at scale 1, no flip (an explicit --msc "
+                        "wins)")
     p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
@@ -48,22 +51,28 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def msc_from_args(args: argparse.Namespace) -> tuple[float, ...]:
+    """The MSC factors of the flags (--msc, else deeplab-pytorch's with --reference)."""
+    from ..stages.segment.train import REFERENCE_RECIPE
+
+    if args.reference and (args.scales != (1.0,) or args.flip):
+        raise UsageError("--reference tests at scale 1 without flip, as deeplab-pytorch; leave out --scales/--flip")
+    return tuple(args.msc) or (REFERENCE_RECIPE.msc if args.reference else ())
+
+
 def run(args: argparse.Namespace) -> None:
     from ..data.voc import VOCRoot
     from ..distributed import world_size
     from ..eval import evaluate_label_dirs, format_table
     from ..models.checkpoints import load_deeplab
     from ..stages.segment import segment_split
-    from ..stages.segment.train import REFERENCE_RECIPE
 
     voc = VOCRoot(args.voc)
     model, meta = load_deeplab(args.model)
     if tuple(meta["class_names"]) != voc.class_names:
         raise UsageError(f"the model was trained on classes {', '.join(meta['class_names'])} but {voc.root} "
                          f"has {', '.join(voc.class_names)}")
-    msc = args.msc or (REFERENCE_RECIPE.msc if args.reference else ())
-    if args.reference and (args.scales != (1.0,) or args.flip):
-        raise UsageError("--reference tests at scale 1 without flip, as deeplab-pytorch; leave out --scales/--flip")
+    msc = msc_from_args(args)
     summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip, msc=msc,
                             crf=args.crf, batch_size=args.batch_size,
                             device=default_device(args.device),

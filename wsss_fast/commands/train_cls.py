@@ -8,6 +8,11 @@ from pathlib import Path
 
 from . import add_device_flags, default_device, int_at_least, key_value
 
+# What --reference stands for, per method (the presets of cam and sccam already
+# are their code's settings); tests/test_reference_table.py checks both ways.
+REFERENCE_FLAGS = {"cam": (), "sccam": (),
+                   "drs": ("--squash", "384", "--head-bias", "--head-init", "he", "--bias-decay", "--no-drop-last")}
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,8 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", choices=("cam", "drs", "sccam"), default="cam")
     p.add_argument("--reference", action="store_true",
                    help="every setting of the method's reference code, also where wsss-fast's default differs "
-                        "on purpose (drs: --squash 384 --head-bias --head-init he --bias-decay --no-drop-last; "
-                        "cam and sccam: their presets already are); flags given explicitly win")
+                        f"on purpose (drs: {' '.join(REFERENCE_FLAGS['drs'])}; cam and sccam: their presets "
+                        "already are); flags given explicitly win")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
     g.add_argument("--backbone", help="backbone name (default: the method's: resnet38, vgg16_d1)")

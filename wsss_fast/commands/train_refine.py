@@ -6,6 +6,8 @@ from pathlib import Path
 
 from . import int_at_least
 
+REFERENCE_FLAGS = ("--schedule", "code", "--new-layer-std", "0.01", "--no-drop-last")  # what --reference stands for
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -35,8 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
                    help="drop each epoch's last partial batch (default); --no-drop-last trains on it (DRS)")
     p.add_argument("--reference", action="store_true",
-                   help="DRS's code: --schedule code --new-layer-std 0.01 --no-drop-last (flags given "
-                        "explicitly win)")
+                   help=f"DRS's code: {' '.join(REFERENCE_FLAGS)} (the std with --init imagenet only; flags "
+                        "given explicitly win)")
     p.add_argument("--epochs", type=int_at_least(1), metavar="N", help="override the schedule's epochs")
     p.add_argument("--decay-at", type=int_at_least(1), nargs="+", metavar="E",
                    help="override the schedule's decay epochs (1-based: lr x0.1 from epoch E on)")
@@ -55,20 +57,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    from ..stages.refine import REFERENCE, SCHEDULES, train_refine
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """epochs, decay_at, new_layer_std and drop_last of the flags: the
+    defaults or, with --reference, DRS's code, then every flag given."""
+    from ..stages.refine import REFERENCE, SCHEDULES
 
     reference = REFERENCE if args.reference else {}
     epochs, decay_at = SCHEDULES[args.schedule or reference.get("schedule", "paper")]
     new_layer_std = args.new_layer_std
     if new_layer_std is None and args.init == "imagenet":
         new_layer_std = reference.get("new_layer_std")
-    drop_last = args.drop_last if args.drop_last is not None else reference.get("drop_last", True)
+    return {"epochs": args.epochs or epochs, "decay_at": tuple(args.decay_at or decay_at),
+            "new_layer_std": new_layer_std,
+            "drop_last": args.drop_last if args.drop_last is not None else reference.get("drop_last", True)}
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..stages.refine import train_refine
+
     final = train_refine(args.classifier, args.voc, args.split, args.cams, args.out, init=args.init,
-                         weights=args.weights, epochs=args.epochs or epochs,
-                         decay_at=args.decay_at or decay_at,
+                         weights=args.weights, **settings_from_args(args),
                          lr=args.lr, batch_size=args.batch_size, size=args.size, num_workers=args.workers,
-                         new_layer_std=new_layer_std, drop_last=drop_last,
                          device=args.device, seed=args.seed, amp=not args.no_amp, resume=args.resume,
                          progress=not args.no_progress)
     print(f"train-refine: wrote {final}")

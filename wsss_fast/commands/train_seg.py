@@ -7,6 +7,12 @@ from pathlib import Path
 from ..errors import UsageError
 from . import add_device_flags, default_device, int_at_least, key_value, positive_float
 
+# What --reference stands for (deeplab-pytorch; the backbone option when the
+# backbone is the default resnet101); tests/test_reference_table.py checks it.
+REFERENCE_FLAGS = ("--msc", "0.5,0.75", "--loss-at", "logits", "--scale-choices", "0.5,0.75,1,1.25,1.5",
+                   "--poly-every", "10", "--pad-at", "end", "--pad-mean", "caffe", "--backbone-option",
+                   "layout=deeplab")
+
 
 def _scale_range(text: str) -> tuple[float, float]:
     parts = text.split(",")
@@ -72,11 +78,12 @@ def add_parser(subparsers) -> None:
                         "padded bottom/right (deeplab-pytorch)")
     p.add_argument("--pad-mean", choices=("imagenet", "caffe"),
                    help="padding colour: the ImageNet mean (default) or deeplab-pytorch's Caffe mean")
+    p.add_argument("--masked-self-loss", action="store_true",
+                   help="add DRS's DeepLab-V2-PyTorch term: cross-entropy against the argmax of the detached "
+                        "logits multiplied by the image's class labels (needs image labels in --voc)")
     p.add_argument("--reference", action="store_true",
-                   help="deeplab-pytorch's recipe: --msc 0.5,0.75 --loss-at logits --scale-choices "
-                        "0.5,0.75,1,1.25,1.5 --poly-every 10 --pad-at end --pad-mean caffe and the "
-                        "resnet101 backbone with layout=deeplab (give --weights deeplabv1_resnet101-coco.pth); "
-                        "flags given explicitly win")
+                   help=f"deeplab-pytorch's recipe: {' '.join(REFERENCE_FLAGS)} (the option for the default "
+                        "resnet101 backbone; give --weights deeplabv1_resnet101-coco.pth); flags given explicitly win")
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     add_device_flags(p)
@@ -93,7 +100,7 @@ def recipe_from_args(args: argparse.Namespace):
 
     recipe = REFERENCE_RECIPE if args.reference else DEFAULT_RECIPE
     given = {"crop": args.crop, "msc": args.msc, "loss_at": args.loss_at, "pad_at": args.pad_at,
-             "pad_mean": args.pad_mean}
+             "pad_mean": args.pad_mean, "masked_self_loss": args.masked_self_loss or None}
     recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None})
     if args.scale_range is not None and args.scale_choices is not None:
         raise UsageError("give --scale-range or --scale-choices, not both")

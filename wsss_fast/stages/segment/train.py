@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ...data.dataset import collate_skip_none
 from ...data.labelled import LabelledImages
@@ -56,6 +57,11 @@ class SegRecipe:
     pad_at: where a crop larger than the image is padded ("random", "end").
     pad_mean: padding colour of the image, "imagenet" or "caffe" (the mean
         of deeplab-pytorch's mean subtraction).
+    masked_self_loss: add, for every output, the cross-entropy against the
+        argmax of its own detached logits multiplied by the image's class
+        labels with background (DRS's DeepLab-V2-PyTorch train.py; the
+        multiplication, not a mask, is the code's: a negative logit of a
+        present class can lose to the 0 of an absent one).
     """
     crop: int = 321
     scale: tuple[float, float] | None = (0.5, 1.5)
@@ -64,6 +70,7 @@ class SegRecipe:
     loss_at: str = "image"
     pad_at: str = "random"
     pad_mean: str = "imagenet"
+    masked_self_loss: bool = False
 
     def check(self) -> None:
         if self.crop < 1:
@@ -100,15 +107,29 @@ def epochs_for(iterations: int, images: int, batch_size: int) -> int:
     return max(1, math.ceil(iterations / steps))
 
 
+def masked_self_loss(logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
+    """DRS's DeepLab-V2-PyTorch train.py extra term: cross-entropy of
+    ``logits`` (N, C+1, h, w) against argmax over classes of ``logits.detach()
+    * [1, image_labels]`` ((N, C) multi-hot of the object classes)."""
+    weights = torch.cat([torch.ones_like(image_labels[:, :1]), image_labels], 1).to(logits.dtype)
+    pseudo = (logits.detach() * weights[:, :, None, None]).argmax(1)
+    return F.cross_entropy(logits.float(), pseudo)
+
+
 def segment_loss(recipe: SegRecipe):
     """``loss_fn(model, batch)``: the loss of :func:`segmentation_loss` at
-    ``recipe.loss_at``, summed over the MSC outputs with ``recipe.msc``."""
+    ``recipe.loss_at`` of every output (one, or the MSC outputs with
+    ``recipe.msc``), plus :func:`masked_self_loss` of each with
+    ``recipe.masked_self_loss`` (the batch then holds ``label``)."""
     def loss_fn(model: DeepLab, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        if not recipe.msc:
-            return segmentation_loss(model(batch["image"]), batch["target"], recipe.loss_at), {}
-        losses = [segmentation_loss(logits, batch["target"], recipe.loss_at)
-                  for logits in model(batch["image"], msc=recipe.msc)]
-        return sum(losses), {"loss_max": losses[-1].item()}
+        outputs = model(batch["image"], msc=recipe.msc) if recipe.msc else [model(batch["image"])]
+        losses = [segmentation_loss(logits, batch["target"], recipe.loss_at) for logits in outputs]
+        metrics = {"loss_max": losses[-1].item()} if recipe.msc else {}
+        if recipe.masked_self_loss:
+            extra = [masked_self_loss(logits, batch["label"]) for logits in outputs]
+            metrics["loss_self"] = sum(extra).item()
+            losses += extra
+        return sum(losses), metrics
     return loss_fn
 
 
@@ -148,7 +169,7 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
     if backbone is None and classifier is None:
         backbone, defaults = DEFAULT_BACKBONES[head]
         backbone_options = {**defaults, **backbone_options}
-    data = LabelledImages(voc_root, split, labels_dir)
+    data = LabelledImages(voc_root, split, labels_dir, image_labels=recipe.masked_self_loss)
     recipe.check()
     if iterations is not None:
         cfg = replace(cfg, epochs=epochs_for(iterations, len(data), cfg.batch_size), max_steps=iterations)
