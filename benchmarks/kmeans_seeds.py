@@ -13,7 +13,7 @@ Data sets:
             (benchmarks/bench_kmeans.py, sccam_features: VOC trainval
             per-class image counts, 16,682 points), D = 1024 by default,
             5 seeds per tool;
-  digits    scikit-learn's digits (1797 x 64, float32), one group, 100
+  digits    scikit-learn's digits (1797 x 64, float32), one group, 400
             seeds per tool (cheap, and its inertias have a long tail).
 
 For every group the results file holds the 5 inertias of each tool and, in
@@ -121,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1024])
     parser.add_argument("--seeds", type=int, default=5, help="seeds per tool on the SC-CAM-like data")
-    parser.add_argument("--digits-seeds", type=int, default=100, help="seeds per tool on digits (0: skip)")
+    parser.add_argument("--digits-seeds", type=int, default=400, help="seeds per tool on digits (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as scikit-learn's single BLAS thread: the two tools share the cores alike
     records = []
