@@ -28,7 +28,7 @@ For every group the results file holds the 5 inertias of each tool and, in
     below 0.05 in about 1 group of 20 when the tools do not differ).
 Inertia is recomputed in float64 from each tool's labels and centroids.
 
-Usage: python benchmarks/kmeans_seeds.py [--dims 1024] [--seeds 5] [--digits-seeds 100]
+Usage: python benchmarks/kmeans_seeds.py [--dims 1024] [--seeds 5] [--digits-seeds 400]
 Writes benchmarks/results/kmeans_seeds-cpu.json.
 """
 from __future__ import annotations
