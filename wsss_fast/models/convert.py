@@ -183,12 +183,20 @@ def psa_classifier_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 # deeplab-pytorch (libs/models/resnet.py, deeplabv2.py): _Stem "layer1.conv1",
 # _ResLayer "layer2".."layer5" of _Bottleneck "block<i>" with _ConvBnReLU
 # "reduce" / "conv3x3" / "increase" / "shortcut" ("conv" + "bn" each), and
-# _ASPP "aspp.c<i>"; DeepLabV1's 91-class COCO classifier "fc".
-_DL_BRANCH = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
-              "shortcut": ("downsample.0", "downsample.1")}
-_DL_BLOCK = re.compile(r"layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(\w+)")
-_DL_STEM = re.compile(r"layer1\.conv1\.(conv|bn)\.(\w+)")
-_DL_ASPP = re.compile(r"aspp\.c(\d+)\.(weight|bias)")
+# _ASPP "aspp.c<i>"; DeepLabV1's 91-class COCO classifier "fc" (dropped).
+# One rule per part: its pattern and our name (None: dropped).
+_DL_BRANCH = {("reduce", "conv"): "conv1", ("reduce", "bn"): "bn1", ("conv3x3", "conv"): "conv2",
+              ("conv3x3", "bn"): "bn2", ("increase", "conv"): "conv3", ("increase", "bn"): "bn3",
+              ("shortcut", "conv"): "downsample.0", ("shortcut", "bn"): "downsample.1"}
+_DL_RULES = (
+    (re.compile(r"fc\.(weight|bias)"), lambda m: None),
+    (re.compile(r"layer1\.conv1\.(conv|bn)\.(\w+)"),
+     lambda m: f"backbone.{'conv1' if m[1] == 'conv' else 'bn1'}.{m[2]}"),
+    (re.compile(r"layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(\w+)"),
+     lambda m: f"backbone.layer{int(m[1]) - 1}.{int(m[2]) - 1}.{_DL_BRANCH[m[3], m[4]]}.{m[5]}"),
+    (re.compile(r"aspp\.c(\d+)\.(weight|bias)"), lambda m: f"head.branches.{m[1]}.{m[2]}"),
+)
+_DL_PREFIX = re.compile(r"^(module\.)?(base\.)?")
 
 
 def deeplab_pytorch_name(key: str) -> str | None:
@@ -196,26 +204,17 @@ def deeplab_pytorch_name(key: str) -> str | None:
     deeplab-pytorch key (``base.`` / ``module.`` prefixes optional); None
     for DeepLab-v1's COCO classifier ``fc.*``. Raises WeightsError for a key
     of neither network."""
-    name = re.sub(r"^(module\.)?(base\.)?", "", key)
-    if name.startswith("fc."):
-        return None
-    m = _DL_STEM.fullmatch(name)
-    if m:
-        return f"backbone.{'conv1' if m.group(1) == 'conv' else 'bn1'}.{m.group(2)}"
-    m = _DL_BLOCK.fullmatch(name)
-    if m:
-        layer, block, branch, part, param = m.groups()
-        module = _DL_BRANCH[branch][0 if part == "conv" else 1]
-        return f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{module}.{param}"
-    m = _DL_ASPP.fullmatch(name)
-    if m:
-        return f"head.branches.{m.group(1)}.{m.group(2)}"
+    name = _DL_PREFIX.sub("", key)
+    for pattern, ours in _DL_RULES:
+        m = pattern.fullmatch(name)
+        if m:
+            return ours(m)
     raise WeightsError(f"{key!r} is not a deeplab-pytorch ResNet-101 DeepLab key")
 
 
 def is_deeplab_pytorch(state: dict) -> bool:
     """Whether a state dict has deeplab-pytorch's key names (its stem)."""
-    return any(re.sub(r"^(module\.)?(base\.)?", "", k) == "layer1.conv1.conv.weight" for k in state)
+    return any(_DL_PREFIX.sub("", k) == "layer1.conv1.conv.weight" for k in state)
 
 
 def deeplab_pytorch_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
