@@ -33,30 +33,21 @@ class LoadReport(NamedTuple):
         return "; ".join(parts) or "all keys matched"
 
 
-def _load_reason(exc: Exception) -> str:
-    """One line saying why torch.load(weights_only=True) refused a file: for
-    a pickle that would import code or is damaged, the unpickler's own
-    reason (e.g. "unsupported GLOBAL posix.system"), not torch's paragraph."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
-                  lines[0] if lines else "")
-    if "Weights only load failed" in str(exc):
-        detail = f"not a plain tensor file, refused without running any of its code ({detail})"
-    return f"{type(exc).__name__}: {detail[:300]}"
-
-
 def read_weights_file(path: str | os.PathLike):
     """The object of a ``.pth`` file, loaded with ``torch.load(weights_only=
-    True)``: tensors, containers and plain values only; a pickle that would
-    import anything else is refused, never executed. Raises WeightsError
-    with a one-line reason naming the file."""
+    True)`` (:func:`wsss_fast.training.read_torch_file`): tensors, containers
+    and plain values only; a pickle that would import anything else is
+    refused, never executed. Raises WeightsError in one line naming the file."""
+    from ..errors import UsageError
+    from ..training import read_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path}: {_load_reason(exc)}") from None
+        return read_torch_file(path, "weights file")
+    except UsageError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
