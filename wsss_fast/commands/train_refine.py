@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
                    help="override the schedule's decay epochs (1-based: lr x0.1 from epoch E on)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int_at_least(1), default=5, metavar="N", help="default 5")
-    p.add_argument("--size", type=int_at_least(8), default=320, metavar="S",
+    p.add_argument("--size", type=int_at_least(8, at_most=2048), default=320, metavar="S",
                    help="input side: images and maps squashed to S x S (default 320)")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N",
                    help="data loading processes (default 2)")
