@@ -119,6 +119,19 @@ def test_nan_propagates_like_reference(gen):
     assert torch.equal(out[0, [0, 2]], ref[0, [0, 2]])
 
 
+def test_a_nan_gate_makes_its_plane_nan_like_the_reference(gen):
+    """A NaN in a gate tensor (a diverged DRS controller) is not refused (that
+    would cost a device sync in every DRS layer on a GPU) and not hidden: its
+    plane comes out NaN, as the reference composition gives, and training
+    stops at the non-finite loss. A NaN float delta, a configuration value,
+    is refused."""
+    x, gate = randn(gen, 2, 3, 4, 5), rand_gate(gen, 2, 3)
+    gate[1, 2] = float("nan")
+    out, ref = ops.drs(x, gate), reference.drs(x, gate)
+    assert torch.isnan(out[1, 2]).all() and torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out[~out.isnan()], ref[~ref.isnan()])
+
+
 def test_direct_op_call_matches():
     x, gate = torch.randn(2, 3, 5, 5), torch.rand(2, 3)
     assert torch.equal(torch.ops.wsss_fast.drs(x, gate), reference.drs(x, gate))

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 
-def int_at_least(low: int):
-    """argparse ``type=`` for an integer >= ``low``."""
+def int_at_least(low: int, at_most: int | None = None):
+    """argparse ``type=`` for an integer >= ``low`` (and <= ``at_most``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -16,6 +16,8 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {value}")
         return value
     return parse
 

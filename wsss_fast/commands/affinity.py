@@ -92,7 +92,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
     p.add_argument("--alpha", type=positive_float, default=16.0, help="background exponent (default 16)")
     p.add_argument("--beta", type=positive_float, default=8.0, help="affinity exponent (default 8; IRN 10)")
-    p.add_argument("--steps", type=int_at_least(0), default=256, help="walk steps (default 256 = 2^logt)")
+    p.add_argument("--steps", type=int_at_least(0, at_most=65536), default=256,
+                   help="walk steps, 0..65536 (default 256 = 2^logt)")
     p.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int_at_least(1), default=10, metavar="N",
                    help="default 10 (DRS's run.sh: 5 per GPU on 2 GPUs)")
-    p.add_argument("--size", type=int_at_least(8), default=320, metavar="S",
+    p.add_argument("--size", type=int_at_least(8, at_most=2048), default=320, metavar="S",
                    help="input side: images and maps squashed to S x S (default 320)")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N",
                    help="data loading processes (default 2)")

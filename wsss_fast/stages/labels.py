@@ -42,7 +42,7 @@ from ..eval import cam_to_label, evaluate_labels, names_in
 from ..palette import VOID
 from ..parallel import ordered_map
 from ..outputs import OutputFolder
-from ..storage import ScoreMap, load_label_png, load_scores, save_label_png
+from ..storage import ScoreMap, eight_bit, load_label_png, load_scores, save_label_png
 
 THRESHOLD = 0.15           # background score without saliency (SC-CAM, IRN; PSA 0.2)
 ALPHA = 0.2                # DRS: object cue
@@ -86,13 +86,14 @@ def saliency_labels(scores: ScoreMap, saliency: np.ndarray, *, alpha: float = AL
 
 def load_saliency(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8 saliency map of a PNG (grey levels 0..255; colour images
-    are converted to grey). Raises DataError naming the file."""
+    are converted to grey, 16-bit ones scaled to 8 bits). Raises DataError
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing saliency map '{path.name}' in {path.parent}")
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("L"), dtype=np.uint8)
+            return np.array(eight_bit(image, path).convert("L"), dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable saliency map '{path.name}' in {path.parent}: {exc}") from exc
 
