@@ -203,7 +203,7 @@ def main() -> None:
         print(f"running {grid} {contender} ...", flush=True)
         res = run_child(spec)
         if save.exists():
-            outputs[(grid, contender)] = torch.load(save)
+            outputs[(grid, contender)] = torch.load(save, weights_only=True)
         times = sorted(res["times_ms"])
         records.append(dict(grid=grid, h=h, w=w, n=h * w, channels=CHANNELS,
                             contender=contender.replace("_estimate", ""),
