@@ -1,5 +1,5 @@
 """CAM inference throughput in images per second: the batched engine
-(wsss_fast.cam.batch_cams on groups of same-sized images) against the
+(wsss_fast.stages.cam.batch_cams on groups of same-sized images) against the
 reference code's loop (one image and one pass per forward, accumulated in
 numpy: wsss_fast.reference.cam.cam_loop).
 
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, sync, write_results  # noqa: E402
-from wsss_fast.cam import batch_cams, resolve_settings  # noqa: E402
+from wsss_fast.stages.cam import batch_cams, resolve_settings  # noqa: E402
 from wsss_fast.inference import batches_by_size  # noqa: E402
 from wsss_fast.models import Classifier, build_backbone  # noqa: E402
 from wsss_fast.reference.cam import cam_loop  # noqa: E402

@@ -11,7 +11,8 @@ import torch
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
 from dist_utils import torchrun
 from wsss_fast import cli
-from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings
+from wsss_fast.inference import CamSettings
+from wsss_fast.stages.cam import batch_cams, fused_maps, make_cams, resolve_settings
 from wsss_fast.inference import batches_by_size
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import wsss_fast.rw_stage as rw_stage
+import wsss_fast.stages.random_walk as rw_stage
 from wsss_fast.cli import main
 from wsss_fast.storage import load_label_png
 

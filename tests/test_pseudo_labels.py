@@ -10,7 +10,7 @@ from PIL import Image
 from wsss_fast import cli
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.eval import cam_to_label
-from wsss_fast.pseudo_labels import make_labels, saliency_labels
+from wsss_fast.stages.labels import make_labels, saliency_labels
 from wsss_fast.storage import ScoreMap, load_label_png, save_label_png, save_scores
 
 # Threshold rule: classes 2 and 5; background 0.15 wins ties, the lower channel wins class ties.

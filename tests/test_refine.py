@@ -8,11 +8,11 @@ import torch
 
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
 from wsss_fast import cli
-from wsss_fast.cam import make_cams, resolve_settings
+from wsss_fast.stages.cam import make_cams, resolve_settings
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import load_cam_model, load_refine
-from wsss_fast.refine import CamTargets, RefineAugment, max_mask, train_refine
+from wsss_fast.stages.refine import CamTargets, RefineAugment, max_mask, train_refine
 from wsss_fast.storage import load_scores, save_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +87,7 @@ def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path):
 
 
 def test_init_from_classifier_copies_the_backbone(setup):
-    from wsss_fast.refine import build_refine_net
+    from wsss_fast.stages.refine import build_refine_net
 
     _, cls, _ = setup
     net, meta = build_refine_net(cls, "classifier", None)

@@ -101,7 +101,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_make_labels(args: argparse.Namespace) -> None:
-    from ..affinity_labels import make_affinity_labels
+    from ..stages.affinity_labels import make_affinity_labels
     from ..data.voc import VOCRoot
 
     voc = VOCRoot(args.voc)
@@ -114,7 +114,7 @@ def run_make_labels(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from ..affinity_training import AugmentSettings, psa_train_config, train_affinity
+    from ..stages.affinity import AugmentSettings, psa_train_config, train_affinity
     from ..models.initial import BackboneInit
     from ..data.dataset import VOCSegmentation
 
@@ -136,7 +136,7 @@ def run_train(args: argparse.Namespace) -> None:
 def run_rw(args: argparse.Namespace) -> None:
     from ..data.voc import VOCRoot
     from ..models.checkpoints import load_affinity_net
-    from ..rw_stage import WalkSettings, run_random_walk
+    from ..stages.random_walk import WalkSettings, run_random_walk
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     from ..distributed import world_size
     from ..eval import evaluate_label_dirs, format_table
     from ..models.checkpoints import load_deeplab
-    from ..segmentation import segment_split
+    from ..stages.segment import segment_split
 
     voc = VOCRoot(args.voc)
     model, meta = load_deeplab(args.model)

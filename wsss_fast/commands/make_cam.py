@@ -1,5 +1,5 @@
 """``wsss-fast make-cam``: CAMs of a split from a trained classifier or DRS
-refinement network, one ``<name>.npz`` per image (see wsss_fast.cam)."""
+refinement network, one ``<name>.npz`` per image (see wsss_fast.stages.cam)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from ..cam import make_cams, preset_for, resolve_settings
+    from ..stages.cam import make_cams, preset_for, resolve_settings
     from ..data import VOCSegmentation
     from ..distributed import rank, world_size
     from ..errors import UsageError

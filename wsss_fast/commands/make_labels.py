@@ -9,7 +9,7 @@ from . import int_at_least
 
 
 def add_parser(subparsers) -> None:
-    from ..pseudo_labels import ALPHA, CONFIDENT, SALIENCY_THRESHOLD, THRESHOLD
+    from ..stages.labels import ALPHA, CONFIDENT, SALIENCY_THRESHOLD, THRESHOLD
 
     p = subparsers.add_parser(
         "make-labels", help="pseudo labels (PNG) from CAMs: background threshold or DRS saliency rule",
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..data.voc import parse_split_list
-    from ..pseudo_labels import make_labels
+    from ..stages.labels import make_labels
 
     names = parse_split_list(args.names) if args.names else None
     summary = make_labels(args.cam, args.out, names=names, threshold=args.threshold,

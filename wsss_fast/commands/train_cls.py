@@ -1,5 +1,5 @@
 """``wsss-fast train-cls``: trains the CAM, DRS or SC-CAM classifier with the
-reference settings of the method (see wsss_fast.classification.preset);
+reference settings of the method (see wsss_fast.stages.classify.preset);
 every setting has a flag."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
 
 
 def preset_from_args(args: argparse.Namespace):
-    from ..classification import override, preset
+    from ..stages.classify import override, preset
 
     p = preset(args.method)
     options = dict(args.backbone_option)
@@ -80,7 +80,7 @@ def preset_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..classification import train_classifier
+    from ..stages.classify import train_classifier
     from ..data.dataset import VOCSegmentation
     from ..errors import UsageError
 

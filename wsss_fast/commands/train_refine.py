@@ -1,4 +1,4 @@
-"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.refine)."""
+"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.stages.refine)."""
 from __future__ import annotations
 
 import argparse
@@ -47,13 +47,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..refine import SCHEDULES, train_refine
+    from ..stages.refine import SCHEDULES, train_refine
 
     epochs, decay_at = SCHEDULES[args.schedule]
     final = train_refine(args.classifier, args.voc, args.split, args.cams, args.out, init=args.init,
                          weights=args.weights, epochs=args.epochs or epochs,
                          decay_at=args.decay_at or decay_at,
                          lr=args.lr, batch_size=args.batch_size, size=args.size, num_workers=args.workers,
-                         device=default_device(args.device), seed=args.seed, amp=not args.no_amp, resume=args.resume,
-                         progress=not args.no_progress)
+                         device=default_device(args.device), seed=args.seed, amp=not args.no_amp,
+                         resume=args.resume, progress=not args.no_progress)
     print(f"train-refine: wrote {final}")

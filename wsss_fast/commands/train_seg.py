@@ -62,8 +62,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from ..segmentation import TRAIN_DEFAULTS, train_segmentation
-    from ..segmentation.train import ITERATIONS
+    from ..stages.segment import TRAIN_DEFAULTS, train_segmentation
+    from ..stages.segment.train import ITERATIONS
 
     if args.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")

@@ -3,6 +3,9 @@ flipped forward passes with their logits averaged, softmax, optional dense
 CRF (DeepLab settings) on a process pool, and one label PNG per image at
 image resolution.
 
+Reads a trained DeepLab network (final.pt) and the images of a split;
+writes ``<out>/<name>.png`` (class indices, VOC palette).
+
 Resume and sharding: images whose PNG exists are skipped; under torchrun
 every rank lists the rest, waits for the others
 (:func:`wsss_fast.distributed.barrier`) and takes its share
@@ -21,14 +24,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..inference import batches_by_size, image_sizes, shard_by_batch
-from ..data.dataset import VOCSegmentation
-from ..data.voc import VOCRoot
-from ..distributed import barrier, local_device, rank, world_size
-from ..inference import multiscale_maps
-from ..models.deeplab import DeepLab
-from ..storage import save_label_png
-from ..transforms import normalize
+from ...inference import batches_by_size, image_sizes, shard_by_batch
+from ...data.dataset import VOCSegmentation
+from ...data.voc import VOCRoot
+from ...distributed import barrier, local_device, rank, world_size
+from ...inference import multiscale_maps
+from ...models.deeplab import DeepLab
+from ...storage import save_label_png
+from ...transforms import normalize
 
 
 @torch.inference_mode()
@@ -84,7 +87,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         save_label_png(out_dir / f"{name}.png", np.asarray(label, dtype=np.uint8))
 
     if crf:
-        from ..crf import imap_dense_crf
+        from ...crf import imap_dense_crf
 
         names: deque[str] = deque()
 

@@ -1,5 +1,9 @@
 """AffinityNet's training labels (PSA; SPEC.md, "AffinityNet and random walk").
 
+Reads the CAM files of a split (``make-cam``) and the images; writes
+``<out>/la/<name>.npz`` and ``<out>/ha/<name>.npz`` (below), read back by
+the training stage (:mod:`wsss_fast.stages.affinity`) and by ``rw``.
+
 Three steps, as in PSA:
 
 1. :func:`make_affinity_labels` (``wsss-fast make-aff-labels``): for every
@@ -36,13 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .crf import imap_dense_crf
-from .data.voc import VOCRoot
-from .errors import DataError
-from .pairs import counted_sources, offsets
-from .palette import VOID
-from .storage import ScoreMap, load_scores, require_score_files, save_scores
+from .. import distributed
+from ..crf import imap_dense_crf
+from ..data.voc import VOCRoot
+from ..errors import DataError
+from ..pairs import counted_sources, offsets
+from ..palette import VOID
+from ..storage import ScoreMap, load_scores, require_score_files, save_scores
 
 LOW, HIGH = "la", "ha"    # sub-folders of the low- and high-alpha CRF marginals
 ALPHAS = (4.0, 32.0)      # PSA's infer_cls defaults (paper: 4 and 24)

@@ -1,5 +1,9 @@
 """Pseudo segmentation labels from CAM files (SPEC.md, "CAM" and "DRS").
 
+Reads the CAM files of a split (``make-cam``, or the propagated maps of
+``rw``) and optionally a folder of saliency maps (8-bit PNGs); writes one
+label PNG per image (below).
+
 Two rules, per pixel, on the maps of the classes of the image label (those a
 CAM file holds; any other class counts as 0):
 
@@ -28,11 +32,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UsageError
-from .eval import cam_to_label, names_in
-from .palette import VOID
-from .parallel import ordered_map
-from .storage import ScoreMap, load_scores, save_label_png
+from ..errors import DataError, UsageError
+from ..eval import cam_to_label, names_in
+from ..palette import VOID
+from ..parallel import ordered_map
+from ..storage import ScoreMap, load_scores, save_label_png
 
 THRESHOLD = 0.15           # background score without saliency (SC-CAM, IRN; PSA 0.2)
 ALPHA = 0.2                # DRS: object cue
@@ -92,13 +96,13 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
     ``cam_dir``) that lacks one: by saliency when ``saliency_dir`` is given
     (``<saliency_dir>/<name>.png``), else by the background threshold.
     Under torchrun the pending names are split over the ranks (as in
-    :func:`wsss_fast.cam.make_cams`).
+    :func:`wsss_fast.stages.cam.make_cams`).
 
     Returns a dict with ``written`` (names), ``skipped`` and ``seconds``.
     """
     from tqdm import tqdm
 
-    from .distributed import barrier, shard
+    from ..distributed import barrier, shard
 
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")

@@ -2,7 +2,12 @@
 batched over same-sized images, normalised, kept for the classes of each
 image's label, one ``<name>.npz`` per image (:mod:`wsss_fast.storage`).
 
-Two reference procedures (presets of :class:`CamSettings`):
+Reads a trained classifier or refinement network (final.pt) and the images
+and image labels of a split; writes ``<out>/<name>.npz`` per image (the maps
+of the image's classes) and ``<out>/cam_settings.json`` (the procedure and
+the model it was made with).
+
+Two reference procedures (presets of :class:`wsss_fast.inference.CamSettings`):
 
 ``psa`` (PSA's and SC-CAM's infer_cls.py): the image at scales 1.0, 0.5,
 1.5, 2.0 of its size, each also mirrored (8 passes); per pass
@@ -36,7 +41,7 @@ import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,53 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsageError
-from .inference import FUSES, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
-from .storage import ENCODINGS, save_scores, write_text_atomic
-from .transforms import normalize
+from ..errors import UsageError
+from ..inference import CamSettings, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
+from ..storage import ENCODINGS, save_scores, write_text_atomic
+from ..transforms import normalize
 
 SETTINGS_FILE = "cam_settings.json"  # the settings a CAM folder was made with
-
-
-@dataclass(frozen=True)
-class CamSettings:
-    """How the passes of one image are made and fused.
-
-    scales: input scale factors (PSA), or empty when ``sizes`` is given.
-    sizes: square input sides in pixels (DRS), or empty.
-    flip: also run every input mirrored.
-    fuse: "sum" (then max-normalise) or "max" (of per-pass max-normalised maps).
-    align_corners: of the bilinear resizing of the maps to the image size.
-    normalize: max-normalise (classifier CAMs); False for the refinement
-        network's regressed maps, which are fused as they are ("sum" gives
-        their mean) and clamped at 0.
-    """
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    sizes: tuple[int, ...] = ()
-    flip: bool = True
-    fuse: str = "sum"
-    align_corners: bool = False
-    normalize: bool = True
-
-    def __post_init__(self):
-        if bool(self.scales) == bool(self.sizes):
-            raise UsageError("give either scales or sizes for CAM inference, not both or neither")
-        if any(not s > 0 for s in self.scales) or any(int(s) != s or s < 1 for s in self.sizes):
-            raise UsageError(f"scales must be positive and sizes positive integers, got "
-                             f"scales {list(self.scales)}, sizes {list(self.sizes)}")
-        if self.fuse not in FUSES:
-            raise UsageError(f"fuse must be one of {FUSES}, got {self.fuse!r}")
-
-    @property
-    def passes(self) -> int:
-        return len(self.scales or self.sizes) * (2 if self.flip else 1)
-
-    def describe(self) -> str:
-        """One line, e.g. "scales 1 0.5 1.5 2, flip, sum, align_corners False, max-normalised"."""
-        inputs = (f"scales {' '.join(f'{s:g}' for s in self.scales)}" if self.scales
-                  else f"sizes {' '.join(map(str, self.sizes))}")
-        return (f"{inputs}, {'flip' if self.flip else 'no flip'}, {self.fuse}, align_corners "
-                f"{self.align_corners}, {'max-normalised' if self.normalize else 'not normalised'}")
 
 
 PRESETS = {
@@ -231,7 +195,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     from torch.utils.data import DataLoader, default_collate
     from tqdm import tqdm
 
-    from .distributed import barrier, local_device
+    from ..distributed import barrier, local_device
 
     if encoding not in ENCODINGS:
         raise UsageError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")

@@ -1,6 +1,10 @@
 """The random-walk stage (``wsss-fast rw``; PSA's infer_aff): CAMs propagated
 along the affinities of a trained AffinityNet, then label maps.
 
+Reads a trained AffinityNet (final.pt), the images and the CAM files of a
+split; writes ``<out>/<name>.png`` label maps and, when asked, the
+propagated maps as ``<scores>/<name>.npz``.
+
 Per image, as PSA: the background row (1 - max_c CAM)^alpha (alpha 16) is
 computed at image resolution; image and maps are zero-padded at the bottom
 and right to a multiple of the network stride (8), the maps average-pooled
@@ -29,15 +33,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import distributed, ops
+from .. import distributed, ops
 from .affinity_labels import background_score, check_cams
-from .crf import imap_dense_crf
-from .data.voc import VOCRoot
-from .errors import DataError
-from .inference import batches_by_size, image_sizes, shard_by_batch
-from .models.affinity_net import AffinityNet
-from .storage import load_scores, require_score_files, save_label_png, save_scores
-from .transforms import normalize
+from ..crf import imap_dense_crf
+from ..data.voc import VOCRoot
+from ..errors import DataError
+from ..inference import batches_by_size, image_sizes, shard_by_batch
+from ..models.affinity_net import AffinityNet
+from ..storage import load_scores, require_score_files, save_label_png, save_scores
+from ..transforms import normalize
 
 
 @dataclass
