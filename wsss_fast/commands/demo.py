@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -16,14 +16,14 @@ def add_parser(subparsers) -> None:
                     "AffinityNet and random walk, CRF, segmentation network, with the mIoU of each "
                     "stage. Prints the table and writes OUT/summary.json and OUT/report/index.html. "
                     "Running it again resumes.")
-    p.add_argument("--out", type=Path, default=Path("demo-run"), help="output folder (default ./demo-run)")
+    p.add_argument("--out", type=output_dir, default=Path("demo-run"), help="output folder (default ./demo-run)")
     p.add_argument("--n-train", type=int_at_least(8), default=2000, metavar="N", help="train images (default 2000)")
     p.add_argument("--n-val", type=int_at_least(4), default=300, metavar="N", help="val images (default 300)")
     p.add_argument("--size", type=int_at_least(32), default=128, metavar="S", help="image side (default 128)")
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of configs/demo.yaml (e.g. stages.train-cls.epochs=1)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, trailing_positionals="overrides")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -46,6 +46,7 @@ from ..data.voc import VOCRoot
 from ..errors import DataError
 from ..pairs import counted_sources, offsets
 from ..palette import VOID
+from ..outputs import OutputFolder
 from ..storage import ScoreMap, load_scores, require_score_files, save_scores
 
 LOW, HIGH = "la", "ha"    # sub-folders of the low- and high-alpha CRF marginals
@@ -124,13 +125,23 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     if not 0 < low < high:
         raise DataError(f"affinity labels need 0 < low alpha < high alpha, got {low} and {high}")
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
-    todo = [n for n in names if not all(p.is_file() for p in label_paths(out_dir, n))]
-    skipped = len(names) - len(todo)
-    distributed.barrier()  # every rank has listed the pending images before anyone writes
-    todo = distributed.shard(todo)
-    require_score_files(cam_dir, todo)
-    voc.check_images(todo)
-    start = time.perf_counter()
+    with OutputFolder(out_dir, "make-aff-labels", {"alphas": [low, high], "crf": crf, "encoding": encoding},
+                      {"cam": cam_dir}) as folder:
+        todo = folder.pending(names, lambda name: label_paths(out_dir, name))
+        skipped = len(names) - len(todo)
+        distributed.barrier()  # every rank has listed the pending images before anyone writes
+        todo = distributed.shard(todo)
+        require_score_files(cam_dir, todo)
+        voc.check_images(todo)
+        start = time.perf_counter()
+        _write_affinity_labels(voc, todo, cam_dir, out_dir, (low, high), crf, workers, encoding, progress)
+    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def _write_affinity_labels(voc: VOCRoot, todo: Sequence[str], cam_dir: Path, out_dir: Path,
+                           alphas: tuple[float, float], crf: str, workers: int | None, encoding: str,
+                           progress: bool) -> None:
+    low, high = alphas
     keys_of: deque[np.ndarray] = deque()  # filled as the jobs are read
 
     def jobs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -151,7 +162,6 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
                 save_scores(path, keys, q, encoding=encoding)
     finally:
         results.close()  # stops the process pool
-    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
 def load_label_scores(out_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
