@@ -315,6 +315,40 @@ def test_cuda_matches_reference(gen, dtype, shape):
     assert_matches(x, 0.55, gen)
 
 
+# Issue 15: planes whose dynamic shared memory is exactly 48 KiB, so that only
+# the plane kernels' static scratch puts them over the default limit (they
+# failed with "invalid argument" before the kernels opted in for them).
+WINDOW_CASES = [((2, 3, 96, 128), torch.float32), ((2, 3, 48, 256), torch.float32),
+                ((2, 3, 64, 192), torch.float32), ((2, 3, 128, 192), torch.float16),
+                ((2, 3, 128, 192), torch.bfloat16)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, dtype", WINDOW_CASES,
+                         ids=[f"{s[2]}x{s[3]}-{str(d)[6:]}" for s, d in WINDOW_CASES])
+def test_cuda_48k_window_shapes(gen, shape, dtype):
+    x = randn(gen, *shape).to("cuda", dtype)
+    assert_matches(x, rand_gate(gen, *shape[:2]).to("cuda", dtype), gen)
+    assert_matches(x, 0.55, gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(64, 512, 6, 5), (32768, 1, 2, 3)])
+def test_cuda_n_times_c_32768(gen, shape):
+    """N * C = 32768 planes, refused before issue 15 (N * C had to be <= 32766)."""
+    x = randn(gen, *shape).cuda()
+    assert_matches(x, rand_gate(gen, *shape[:2]).cuda(), gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_1200x1100_chunk_path(gen, dtype):
+    """A plane far above the shared memory of a block: 645 chunks per plane, the
+    last one partial."""
+    x = randn(gen, 2, 2, 1200, 1100).to("cuda", dtype)
+    assert_matches(x, rand_gate(gen, 2, 2).to("cuda", dtype), gen)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(3, 4, 6, 7), (1, 2, 330, 330)])
 def test_cuda_exact_ties_and_negative_planes(gen, shape):

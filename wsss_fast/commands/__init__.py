@@ -91,8 +91,14 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
 
 
+def add_device_flag(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--device, None unless given: resolve it with :func:`default_device`."""
+    p.add_argument("--device", default=None,
+                   help=f"torch device (default: cuda if available, else cpu{note})")
+
+
 def add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_flag(p)
     p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",
                    help="data-loading worker processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

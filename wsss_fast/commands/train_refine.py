@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least, output_dir, positive_float
+from . import add_device_flag, default_device, int_at_least, output_dir, positive_float
 
 REFERENCE_FLAGS = ("--schedule", "code", "--new-layer-std", "0.01", "--no-drop-last")  # what --reference stands for
 
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
                    help="input side: images and maps squashed to S x S (default 320)")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N",
                    help="data loading processes (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the order and augmentations (default 0)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -78,6 +78,6 @@ def run(args: argparse.Namespace) -> None:
     final = train_refine(args.classifier, args.voc, args.split, args.cams, args.out, init=args.init,
                          weights=args.weights, **settings_from_args(args),
                          lr=args.lr, batch_size=args.batch_size, size=args.size, num_workers=args.workers,
-                         device=args.device, seed=args.seed, amp=not args.no_amp, resume=args.resume,
-                         progress=not args.no_progress)
+                         device=default_device(args.device), seed=args.seed, amp=not args.no_amp,
+                         resume=args.resume, progress=not args.no_progress)
     print(f"train-refine: wrote {final}")
