@@ -14,6 +14,11 @@ of the file system (OSError: permissions, a full disk) as one line with
 status 1 (``WSSS_FAST_TRACEBACK=1`` shows the traceback). A command whose
 trailing positionals may follow its options (``run CONFIG --check k=v``)
 names their destination with ``set_defaults(trailing_positionals=DEST)``.
+
+Before anything imports torch, :func:`main` sets OpenMP's environment
+(``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a wait policy), and before
+a command runs it sets torch's threads from the cores this process may use
+and keeps freed memory for reuse (:mod:`wsss_fast.cpu`).
 """
 from __future__ import annotations
 
@@ -54,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cpu import configure_torch, prepare_environment
+
+    if "torch" not in sys.modules:  # libgomp reads its environment when torch loads it
+        prepare_environment()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     trailing = getattr(args, "trailing_positionals", None)  # e.g. run's KEY=VALUE overrides
@@ -62,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        configure_torch()
         status = args.func(args)
     except WsssFastError as exc:
         print(f"wsss-fast {args.command}: error: {exc}", file=sys.stderr)

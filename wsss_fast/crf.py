@@ -18,13 +18,13 @@ pydensecrf is single-threaded and takes about 1 s for a 500 x 375 image with
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from .cpu import available_cores
 from .errors import WsssFastError
 from .parallel import ordered_map, worker_pool
 
@@ -116,13 +116,14 @@ def imap_dense_crf(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: str |
     ready; ``pairs`` is consumed lazily, so it may load images on the fly.
 
     Args:
-        workers: processes (default: every core, ``os.cpu_count()``); 1 runs
+        workers: processes (default: every core this process may use,
+            :func:`wsss_fast.cpu.available_cores`); 1 runs
             in this process.
         total: length of ``pairs`` for the progress bar, when it has no len().
     """
     params = resolve_params(params)
     _densecrf()  # fail here, not in a worker
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     if total is None and hasattr(pairs, "__len__"):
         total = len(pairs)
     tasks = ((image, probs, params) for image, probs in pairs)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .cpu import available_cores
 from .errors import DataError
 from .data.voc import CLASS_NAMES_FILE, read_class_names
 from .palette import VOID
@@ -249,7 +250,7 @@ def _loaded(names: Sequence[str], load: Callable[[str], object], desc: str,
             progress: bool) -> Iterator[tuple[str, object]]:
     """(name, load(name)) in order, decoded by a few threads at most a few
     images ahead of use (bounded memory on splits of any size)."""
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, available_cores())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         loaded = ordered_map(pool, load, names, ahead=2 * workers)
         yield from zip(names, tqdm(loaded, total=len(names), desc=desc, unit="img",
