@@ -74,6 +74,36 @@ def test_batch_equals_per_image_loop(model, gen, name):
         assert not expected[absent].any()  # the loop zeroes what the engine leaves out
 
 
+def test_bfloat16_engine_is_close_to_the_float32_loop_and_not_equal(model, gen):
+    """bfloat16 autocast with channels_last really runs (the maps move by bfloat16's
+    rounding, not more), the maps come out float32, and the float32 model is untouched."""
+    from wsss_fast.cpu import prepare_model
+
+    settings = SETTINGS["psa"]
+    images, labels = random_batch(gen, 3, 37, 50)
+    fast = prepare_model(copy.deepcopy(model), "bfloat16")
+    out = batch_cams(fast, images, labels, settings, precision="bfloat16")
+    largest = 0.0
+    for image, label, (keys, maps) in zip(images, labels, out):
+        expected = cam_loop(model.class_maps, normalize(image), label, settings)[keys - 1]
+        assert maps.dtype == np.float32 and maps.shape == expected.shape
+        np.testing.assert_allclose(maps, expected, atol=0.05)
+        largest = max(largest, float(np.abs(maps - expected).max()) if maps.size else 0.0)
+    assert largest > 1e-4  # the network ran in bfloat16
+    assert next(model.parameters()).is_contiguous()  # the float32 model kept its layout
+
+
+def test_make_cams_records_its_precision(demo, model, tmp_path):
+    dataset = VOCSegmentation(demo, "train")
+    settings = resolve_settings("drs", sizes=(32,))
+    make_cams(copy.deepcopy(model), dataset, tmp_path / "cam", settings, num_workers=0, progress=False,
+              precision="bfloat16")
+    recorded = json.loads((tmp_path / "cam" / "provenance.json").read_text())
+    assert recorded["settings"]["precision"] == "bfloat16"
+    with pytest.raises(UsageError):  # a resume in the other precision would mix outputs
+        make_cams(copy.deepcopy(model), dataset, tmp_path / "cam", settings, num_workers=0, progress=False)
+
+
 def test_normalisation_and_fusion_rules():
     """An identity 'network' (maps = the input's channels) makes every rule visible."""
     x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0))

@@ -244,6 +244,19 @@ def test_single_scale_labels_are_the_argmax_of_upsampled_logits(demo, trained, t
         assert np.array_equal(load_label_png(tmp_path / f"{name}.png"), logits[0].argmax(0).numpy())
 
 
+def test_bfloat16_labels_mostly_equal_float32_and_precision_is_recorded(demo, trained, tmp_path):
+    model, _ = load_deeplab(trained)
+    voc = VOCRoot(demo)
+    segment_split(model, voc, "val", tmp_path / "f32", num_workers=0, progress=False)
+    model, _ = load_deeplab(trained)
+    segment_split(model, voc, "val", tmp_path / "bf16", num_workers=0, progress=False, precision="bfloat16")
+    same = [np.mean(load_label_png(tmp_path / "f32" / f"{n}.png") == load_label_png(tmp_path / "bf16" / f"{n}.png"))
+            for n in voc.split("val")]
+    assert np.mean(same) > 0.9
+    recorded = json.loads((tmp_path / "bf16" / "provenance.json").read_text())
+    assert recorded["settings"]["precision"] == "bfloat16"
+
+
 def test_infer_seg_resumes(demo, trained, tmp_path, capsys):
     out = tmp_path / "pred"
     assert cli.main(infer_args(trained, demo, out, "--no-eval")) == 0

@@ -83,6 +83,20 @@ def test_propagate_takes_another_walk(gen):
     assert not torch.allclose(no_walk, sparse)
 
 
+def test_propagate_in_bfloat16_is_close_to_float32(gen):
+    from wsss_fast.cpu import prepare_model
+
+    net = small_net()
+    images = torch.randint(0, 256, (2, 3, 24, 40), dtype=torch.uint8, generator=gen)
+    cams = torch.rand(2, 2, 24, 40, generator=gen)
+    settings = WalkSettings(n_steps=16)
+    exact = propagate(net, images, cams, settings)
+    fast = propagate(prepare_model(small_net(), "bfloat16"), images, cams, settings, precision="bfloat16")
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.02)
+    assert not torch.equal(fast, exact)  # the AffinityNet forward ran in bfloat16
+
+
 def test_no_class_means_background(gen):
     net = small_net()
     image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=gen)

@@ -97,6 +97,16 @@ def add_device_flag(p: argparse.ArgumentParser, note: str = "") -> None:
                    help=f"torch device (default: cuda if available, else cpu{note})")
 
 
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    """--cpu-precision: resolve it with :func:`wsss_fast.cpu.resolve_precision`."""
+    from ..cpu import PRECISIONS
+
+    p.add_argument("--cpu-precision", choices=PRECISIONS, default="auto",
+                   help="precision of the network on a CPU: bfloat16 (autocast, channels_last) or "
+                        "float32; auto (default): bfloat16 where the CPU computes it natively "
+                        "(AVX512-BF16 or AMX), float32 elsewhere. Not used on CUDA (see --amp)")
+
+
 def add_device_flags(p: argparse.ArgumentParser) -> None:
     add_device_flag(p)
     p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (add_device_flags, default_device, int_at_least, key_value, non_negative_float, output_dir,
-               positive_float)
+from . import (add_device_flags, add_precision_flag, default_device, int_at_least, key_value,
+               non_negative_float, output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -99,6 +99,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="same-size images per batch (default 8)")
     add_device_flags(p)
+    add_precision_flag(p)
     p.set_defaults(func=run_rw)
 
 
@@ -136,6 +137,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_rw(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..cpu import resolve_precision
     from ..data.voc import VOCRoot
     from ..models.checkpoints import load_affinity_net
     from ..stages.random_walk import WalkSettings, run_random_walk
@@ -144,10 +148,11 @@ def run_rw(args: argparse.Namespace) -> None:
     names = voc.split(args.split)
     model = load_affinity_net(args.model)
     settings = WalkSettings(alpha=args.alpha, beta=args.beta, n_steps=args.steps, border=args.border)
+    device = default_device(args.device)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
                               crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
-                              device=default_device(args.device),
-                              num_workers=2 if args.num_workers is None else args.num_workers,
+                              device=device, num_workers=2 if args.num_workers is None else args.num_workers,
+                              precision=resolve_precision(args.cpu_precision, torch.device(device).type),
                               progress=not args.no_progress, inputs={"model": args.model})
     print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "
           f"({summary['images_per_second']:.2f} images/s), {summary['skipped']} already done -> {args.out}")

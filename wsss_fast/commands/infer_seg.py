@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_device_flags, default_device, int_at_least, output_dir
+from . import add_device_flags, add_precision_flag, default_device, int_at_least, output_dir
 
 REFERENCE_FLAGS = ("--msc", "0.5,0.75")  # what --reference stands for (deeplab-pytorch's MSC test)
 
@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
                    help="ground-truth PNGs (default: ROOT/SegmentationClass when it has every image)")
     p.add_argument("--no-eval", action="store_true", help="only write the label maps")
     add_device_flags(p)
+    add_precision_flag(p)
     p.set_defaults(func=run)
 
 
@@ -61,6 +62,9 @@ def msc_from_args(args: argparse.Namespace) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..cpu import resolve_precision
     from ..data.voc import VOCRoot
     from ..distributed import world_size
     from ..eval import evaluate_label_dirs, format_table
@@ -73,11 +77,13 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"the model was trained on classes {', '.join(meta['class_names'])} but {voc.root} "
                          f"has {', '.join(voc.class_names)}")
     msc = msc_from_args(args)
+    device = default_device(args.device)
     summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip, msc=msc,
-                            crf=args.crf, batch_size=args.batch_size,
-                            device=default_device(args.device),
+                            crf=args.crf, batch_size=args.batch_size, device=device,
                             num_workers=2 if args.num_workers is None else args.num_workers,
-                            crf_workers=args.crf_workers, progress=not args.no_progress,
+                            crf_workers=args.crf_workers,
+                            precision=resolve_precision(args.cpu_precision, torch.device(device).type),
+                            progress=not args.no_progress,
                             inputs={"model": args.model})
     print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_device_flag, default_device, int_at_least, output_dir
+from . import add_device_flag, add_precision_flag, default_device, int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +40,7 @@ def add_parser(subparsers) -> None:
                    help="image decoding processes (default 2)")
     add_device_flag(p, note="; cuda under torchrun means each rank's LOCAL_RANK GPU")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (faster, not bit-equal)")
+    add_precision_flag(p)
     p.add_argument("--encoding", choices=("float16", "uint8"), default="float16",
                    help="storage of the maps (default float16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from ..cpu import resolve_precision
     from ..stages.cam import make_cams, preset_for, resolve_settings
     from ..data import VOCSegmentation
     from ..distributed import rank, world_size
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> None:
     dataset = VOCSegmentation(args.voc, args.split, labels=True)
     summary = make_cams(model, dataset, args.out, settings, batch_size=args.batch_size, device=device,
                         num_workers=args.workers, encoding=args.encoding, amp=args.amp,
+                        precision=resolve_precision(args.cpu_precision, torch.device(device).type),
                         progress=not args.no_progress, inputs={"model": args.model})
     done = len(summary["written"])
     who = f"make-cam (rank {rank()}/{world_size()})" if world_size() > 1 else "make-cam"

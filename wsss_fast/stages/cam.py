@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu import available_cores, inference_context, prepare_model
 from ..errors import UsageError
 from ..outputs import OutputFolder
 from ..inference import CamSettings, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
@@ -123,14 +124,19 @@ def fused_maps(maps_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
 
 
 def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: CamSettings,
-               *, amp: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+               *, amp: bool = False, precision: str = "float32") -> list[tuple[np.ndarray, np.ndarray]]:
     """CAMs of a batch of same-sized images, for the classes of each label.
 
     Args:
-        model: a network with ``class_maps`` ((B, 3, h, w) -> (B, C, h', w')), in eval mode.
+        model: a network with ``class_maps`` ((B, 3, h, w) -> (B, C, h', w')), in eval mode
+            (for bfloat16, laid out by :func:`wsss_fast.cpu.prepare_model`).
         images: (N, 3, H, W) uint8 RGB on the model's device.
         labels: (N, C) multi-hot image labels.
         amp: run the network in float16 autocast (CUDA).
+        precision: "float32", or "bfloat16" for the network in bfloat16
+            autocast with channels_last inputs on the CPU
+            (:func:`wsss_fast.cpu.inference_context`); the maps are resized
+            and fused in float32 either way.
 
     Returns:
         per image (keys, maps): keys int64 (K,) label indices 1..C of the
@@ -143,8 +149,9 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
         return [(np.zeros(0, np.int64), np.zeros((0, height, width), np.float32))] * len(images)
     # each image's classes first (ascending), padded with other indices up to the largest count
     order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :int(counts.max())]
-    with torch.autocast(images.device.type, enabled=amp):
-        fused = fused_maps(model.class_maps, normalize(images), order, settings)
+    with torch.autocast(images.device.type, enabled=amp), \
+            inference_context(precision, images.device.type) as layout:
+        fused = fused_maps(lambda x: model.class_maps(layout(x)), normalize(images), order, settings)
     out = []
     for i, k in enumerate(counts.tolist()):
         out.append(((order[i, :k] + 1).cpu().numpy(), fused[i, :k].cpu().numpy()))
@@ -153,8 +160,8 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
 
 def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: CamSettings, *,
               batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
-              encoding: str = "float16", amp: bool = False, progress: bool = True,
-              inputs: dict | None = None) -> dict:
+              encoding: str = "float16", amp: bool = False, precision: str = "float32",
+              progress: bool = True, inputs: dict | None = None) -> dict:
     """Writes ``<out_dir>/<name>.npz`` for every image of ``dataset`` that lacks one.
 
     Under torchrun every rank lists the images without output, waits for the
@@ -169,6 +176,8 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         batch_size: images per batch (all of one size).
         num_workers: DataLoader processes decoding images.
         encoding: "float16" or "uint8" (see :func:`wsss_fast.storage.save_scores`).
+        precision: "float32" or "bfloat16" (CPU; see :func:`batch_cams` and
+            :func:`wsss_fast.cpu.resolve_precision`).
         inputs: the files the CAMs come from (e.g. {"model": final.pt}),
             recorded in the folder's provenance with the settings, so that
             a resume with another model or other settings is refused
@@ -191,8 +200,8 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         raise UsageError(f"the model has {model.num_classes} classes but the dataset "
                          f"{dataset.voc.root} has {dataset.num_classes}")
     out_dir = Path(out_dir)
-    folder = OutputFolder(out_dir, "make-cam", {**asdict(settings), "encoding": encoding, "amp": amp},
-                          inputs)
+    folder = OutputFolder(out_dir, "make-cam", {**asdict(settings), "encoding": encoding, "amp": amp,
+                                                "precision": precision}, inputs)
     with folder:
         names = dataset.names
         todo = set(folder.pending(names))
@@ -200,7 +209,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         barrier()
         mine = shard_by_batch([dataset.voc.image_path(names[i]) for i in pending], batch_size, pending)
         device = local_device(device)
-        model = model.to(device).eval()
+        model = prepare_model(model.to(device).eval(), precision)
         sizes = image_sizes([dataset.voc.image_path(names[i]) for i in mine])
         batches = batches_by_size(sizes, batch_size, mine)
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate,
@@ -208,12 +217,12 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         written: list[str] = []
         start = time.perf_counter()
         # compressing a file takes tens of ms: several writer threads (zlib releases the GIL)
-        with ThreadPoolExecutor(max_workers=max(2, min(8, (os.cpu_count() or 2) // 2))) as writers, \
+        with ThreadPoolExecutor(max_workers=max(2, min(8, available_cores() // 2))) as writers, \
                 tqdm(total=len(mine), desc="make-cam", unit="img", disable=not progress) as bar:
             in_flight: list[Future] = []
             for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
-                cams = batch_cams(model, images, batch["label"], settings, amp=amp)
+                cams = batch_cams(model, images, batch["label"], settings, amp=amp, precision=precision)
                 for name, (keys, maps) in zip(batch["name"], cams):
                     in_flight.append(writers.submit(save_scores, out_dir / f"{name}.npz", keys, maps,
                                                     encoding))

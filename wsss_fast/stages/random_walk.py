@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .. import distributed, ops
 from .affinity_labels import background_score, check_cams
+from ..cpu import inference_context, prepare_model
 from ..crf import imap_dense_crf
 from ..data.voc import VOCRoot
 from ..errors import DataError
@@ -68,7 +69,8 @@ class Propagated:
 
 @torch.no_grad()
 def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
-              settings: WalkSettings, *, walk: Callable = ops.random_walk) -> torch.Tensor:
+              settings: WalkSettings, *, walk: Callable = ops.random_walk,
+              precision: str = "float32") -> torch.Tensor:
     """The walk of a batch of same-sized images.
 
     Args:
@@ -91,7 +93,8 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
     pad = (0, -w % s, 0, -h % s)
     x = F.pad(normalize(images), pad)
     grid = F.avg_pool2d(F.pad(maps, pad), s)
-    aff = model(x)
+    with inference_context(precision, x.device.type) as layout:
+        aff = model(layout(x))
     if aff.shape[-2:] != grid.shape[-2:]:
         raise ValueError(f"the network's grid {tuple(aff.shape[-2:])} does not match the padded "
                          f"image's {tuple(grid.shape[-2:])} (stride {s})")
@@ -125,7 +128,7 @@ class _WalkInputs(Dataset):
 
 def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                 settings: WalkSettings, *, batch_size: int = 8, device: str = "cpu",
-                num_workers: int = 0) -> Iterator[Propagated]:
+                num_workers: int = 0, precision: str = "float32") -> Iterator[Propagated]:
     """:func:`propagate` over ``names``, batched by image size; yields each
     image's result (argmax labels) as its batch finishes."""
     cam_dir = Path(cam_dir)
@@ -142,7 +145,8 @@ def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir:
         for i, (_, _, keys, data) in enumerate(batch):
             cams[i, :len(keys)] = torch.from_numpy(data)
         images = torch.from_numpy(np.stack([image for _, image, _, _ in batch])).permute(0, 3, 1, 2)
-        scores = propagate(model, images.to(device), cams.to(device), settings).cpu().numpy()
+        scores = propagate(model, images.to(device), cams.to(device), settings,
+                           precision=precision).cpu().numpy()
         for (name, image, keys, _), s in zip(batch, scores):
             s = s[:len(keys) + 1]
             keys = np.concatenate([[0], keys])
@@ -170,8 +174,8 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
                     out_dir: str | os.PathLike, settings: WalkSettings, *,
                     scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
                     crf: str | None = None, crf_workers: int | None = None, batch_size: int = 8,
-                    device: str = "cpu", num_workers: int = 0, progress: bool = True,
-                    inputs: dict | None = None) -> dict:
+                    device: str = "cpu", num_workers: int = 0, precision: str = "float32",
+                    progress: bool = True, inputs: dict | None = None) -> dict:
     """Writes ``out_dir/<name>.png`` label maps (and the propagated maps as
     ``scores_dir/<name>.npz``, keys [0, classes]) for every image; images
     whose outputs exist and are whole are skipped (resume), the rest sharded
@@ -188,7 +192,8 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
     def outputs(name: str) -> list[Path]:
         return [out_dir / f"{name}.png"] + ([scores_dir / f"{name}.npz"] if scores_dir is not None else [])
 
-    recorded = {**asdict(settings), "crf": crf, "encoding": encoding, "scores": scores_dir is not None}
+    recorded = {**asdict(settings), "crf": crf, "encoding": encoding, "scores": scores_dir is not None,
+                "precision": precision}
     with OutputFolder(out_dir, "rw", recorded, {"cam": cam_dir, **(inputs or {})}) as folder:
         todo = folder.pending(names, outputs)
         skipped = len(names) - len(todo)
@@ -196,10 +201,10 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
         todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
         require_score_files(cam_dir, todo)
         voc.check_images(todo)
-        model = model.eval().to(device)
+        model = prepare_model(model.eval().to(device), precision)
         start = time.perf_counter()
         results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
-                              num_workers=num_workers)
+                              num_workers=num_workers, precision=precision)
         if crf is not None:
             results = with_crf(results, crf, workers=crf_workers)
         for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):

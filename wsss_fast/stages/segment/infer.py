@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ...cpu import inference_context, prepare_model
 from ...inference import batches_by_size, image_sizes, shard_by_batch
 from ...data.dataset import VOCSegmentation
 from ...data.voc import VOCRoot
@@ -37,20 +38,25 @@ from ...transforms import normalize
 
 @torch.inference_mode()
 def _probabilities(model: DeepLab, loader: DataLoader, scales: Sequence[float], flip: bool,
-                   msc: Sequence[float], device: torch.device) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+                   msc: Sequence[float], device: torch.device,
+                   precision: str) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, uint8 image (3, H, W) on CPU, class probabilities (C, H, W)
     float32 on ``device``) per image: softmax of the logits averaged over
     every scale and flip, each upsampled bilinearly to (H, W); with ``msc``
     each pass's logits are deeplab-pytorch's MSC maximum over the input and
-    its copies scaled by ``msc`` (at the input's logit grid)."""
+    its copies scaled by ``msc`` (at the input's logit grid). On CUDA the
+    network runs in float16 autocast, on the CPU in ``precision``
+    (:func:`wsss_fast.cpu.inference_context`)."""
     passes = len(scales) * (2 if flip else 1)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        x = layout(x)
         return model(x, msc=msc)[-1] if msc else model(x)
 
     for batch in loader:
         images = normalize(batch["image"].to(device, non_blocking=True))
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, enabled=device.type == "cuda"), \
+                inference_context(precision, device.type) as layout:
             logits = multiscale_maps(forward, images, scales, flip=flip)
         probs = torch.softmax(logits / passes, dim=1)
         yield from zip(batch["name"], batch["image"], probs)
@@ -60,7 +66,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                   scales: Sequence[float] = (1.0,), flip: bool = False, msc: Sequence[float] = (),
                   crf: bool = False,
                   batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
-                  crf_workers: int | None = None, progress: bool = True,
+                  crf_workers: int | None = None, precision: str = "float32", progress: bool = True,
                   inputs: dict | None = None) -> dict:
     """Writes ``<out_dir>/<name>.png`` (uint8 class indices, VOC palette, at
     image resolution) for every image of ``split`` that lacks one and falls
@@ -77,6 +83,8 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         batch_size: images of one size per forward batch.
         device: torch device; "cuda" under torchrun means the rank's
             LOCAL_RANK GPU.
+        precision: of the network on the CPU, "float32" or "bfloat16"
+            (:func:`wsss_fast.cpu.resolve_precision`).
         inputs: e.g. {"model": final.pt}, recorded with the settings in the
             folder's provenance (:class:`wsss_fast.outputs.OutputFolder`):
             resuming with another model or other settings is refused.
@@ -89,7 +97,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     device = local_device(device)
     out_dir = Path(out_dir)
     dataset = VOCSegmentation(voc, split, labels=False)
-    recorded = {"scales": list(scales), "flip": flip, "msc": list(msc), "crf": crf}
+    recorded = {"scales": list(scales), "flip": flip, "msc": list(msc), "crf": crf, "precision": precision}
     with OutputFolder(out_dir, "infer-seg", recorded, inputs) as folder:
         pending = set(folder.pending(dataset.names, lambda name: [out_dir / f"{name}.png"]))
         todo = [i for i, name in enumerate(dataset.names) if name in pending]
@@ -99,8 +107,8 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                                   mine)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                             pin_memory=device.type == "cuda")
-        model = model.to(device).eval()
-        predictions = _probabilities(model, loader, scales, flip, tuple(msc), device)
+        model = prepare_model(model.to(device).eval(), precision)
+        predictions = _probabilities(model, loader, scales, flip, tuple(msc), device, precision)
 
         def save(name: str, label) -> None:
             save_label_png(out_dir / f"{name}.png", np.asarray(label, dtype=np.uint8))
