@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def sync(device: torch.device | str) -> None:
@@ -96,6 +97,42 @@ def environment(device: torch.device | str) -> dict:
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "commit": git_commit(), "backend": wsss_fast.backend_info(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_description() -> dict:
+    """The CPU as the results files record it: model name, the cores this
+    process may use (wsss_fast.cpu.available_cores), whether it computes
+    bfloat16 natively, its bfloat16/AMX flags and every flag."""
+    from wsss_fast import cpu
+
+    flags = cpu.cpu_flags()
+    return {"model": _cpu_name().removeprefix("CPU: "), "cores_available": cpu.available_cores(),
+            "native_bf16": cpu.native_bf16(flags),
+            "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+            "flags": sorted(flags)}
+
+
+def uptime() -> str:
+    """``uptime``'s line (its load averages: is the machine shared?)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def update_readme(key: str, text: str) -> None:
+    """Replaces the README's generated section ``key`` (between the lines
+    ``<!-- results:KEY -->`` and ``<!-- /results:KEY -->``) with ``text``, so
+    that its tables are made from the results files, not typed."""
+    begin, end = f"<!-- results:{key} -->", f"<!-- /results:{key} -->"
+    readme = README.read_text()
+    if begin not in readme or end not in readme:
+        print(f"README.md has no {begin} ... {end} section; not updated")
+        return
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
+    print(f"updated README.md section {key}")
 
 
 def _cpu_name() -> str:
