@@ -54,7 +54,8 @@ class TrainConfig:
 
     lr_mult: learning-rate multipliers of the four parameter groups
         (pretrained weight, pretrained bias, new weight, new bias); biases get
-        no weight decay, as in PSA and DRS.
+        no weight decay, as in PSA and DRS, unless ``bias_decay`` (IRN decays
+        every parameter).
     schedule: "poly" (lr x (1 - step / steps) ** poly_power, per step) or
         "step" (lr x gamma at each epoch of ``milestones``).
     """
@@ -66,6 +67,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
+    bias_decay: bool = False
     schedule: str = "poly"          # "poly" or "step"
     poly_power: float = 0.9
     milestones: tuple[int, ...] = ()
@@ -92,7 +94,7 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> 
     param_groups = []
     for name, mult in zip(GROUP_NAMES, cfg.lr_mult):
         if groups.get(name):
-            wd = 0.0 if name.endswith("bias") else cfg.weight_decay
+            wd = 0.0 if name.endswith("bias") and not cfg.bias_decay else cfg.weight_decay
             param_groups.append({"params": groups[name], "lr": cfg.lr * mult, "initial_lr": cfg.lr * mult,
                                  "weight_decay": wd, "name": name})
     if not param_groups:
