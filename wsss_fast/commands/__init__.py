@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def int_at_least(low: int):
@@ -41,6 +42,12 @@ def key_value(text: str) -> tuple[str, object]:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
+
+
+def add_split_flags(p: argparse.ArgumentParser) -> None:
+    """``--voc DIR`` (required) and ``--split`` (default train_aug)."""
+    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
+    p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:
