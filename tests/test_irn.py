@@ -25,7 +25,7 @@ from wsss_fast.stages.ir_labels import make_ir_labels
 from wsss_fast.stages.irn import boundary_loss_fn, irn_train_config, IRNAugmentSettings, reduce_labels, train_irn
 from wsss_fast.stages.random_walk import IRNWalkSettings, propagate_irn, walk_settings
 from wsss_fast.storage import load_label_png, load_scores, save_scores
-from wsss_fast.training import FINAL, load_final
+from wsss_fast.training import load_final
 from wsss_fast.transforms import normalize
 
 pytest.importorskip("pydensecrf.densecrf")
