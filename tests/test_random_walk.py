@@ -9,7 +9,6 @@ repeated squaring. Tolerance: elementwise relative error
 from __future__ import annotations
 
 import functools
-import warnings
 
 import pytest
 import torch

@@ -25,7 +25,9 @@ Every writer goes through :func:`atomic_output`: the bytes go to a hidden
 temporary file in the target directory, which is renamed onto the target only
 once complete, so an interrupted run leaves either the old file or none,
 never a truncated one (a killed process may leave a ``.<name>.*.tmp`` file,
-which no reader lists).
+which no reader lists). Files get the mode a plain ``open`` would give them
+(0666 less the process's umask), so the other users of a shared run folder
+can read them.
 """
 from __future__ import annotations
 
@@ -45,6 +47,21 @@ FORMAT_VERSION = 1
 ENCODINGS = ("float16", "uint8")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system
+    tells it (Linux's /proc/self/status); elsewhere set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to write to; renames it onto
@@ -56,7 +73,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -66,6 +86,25 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def output_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be (or become) an output folder, or None: it is
+    a file, a file stands where a parent folder should be, or the nearest
+    existing parent is not writable. Nothing is created."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is a file"
+    if not os.access(parent, os.W_OK):
+        return f"cannot create {path}: {parent} is not writable"
+    return None
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
@@ -73,12 +112,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def save_npy_atomic(path: str | os.PathLike, value: object) -> None:
-    """``numpy.save`` of an array or a pickled object (e.g. a dict), atomically."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, value, allow_pickle=True)
 
 
 class ScoreMap(NamedTuple):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_device_flags, add_split_flags, default_device, int_at_least, key_value, positive_float
+from . import (add_device_flags, add_split_flags, default_device, int_at_least, key_value, non_negative_float,
+               output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "shards over torchrun ranks; CRFs run over a process pool.")
     add_split_flags(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--low-alpha", type=positive_float, default=4.0, metavar="A",
                    help="background exponent of the confident-foreground CRF (default 4)")
     p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
@@ -44,7 +45,7 @@ def add_parser(subparsers) -> None:
                     "ImageNet weights). Writes final.pt, checkpoints and log.jsonl to --out.")
     add_split_flags(p)
     p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-aff-labels")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
     g.add_argument("--init", metavar="PATH",
@@ -63,8 +64,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--epochs", type=int_at_least(1), default=8)
     t.add_argument("--batch-size", type=int_at_least(1), default=8)
     t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--momentum", type=float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
+    t.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    t.add_argument("--momentum", type=non_negative_float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int_at_least(8), default=448, help="random square crop side (px)")
     t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
@@ -87,8 +88,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="train-aff (psa) or train-irn (irn) final.pt or its folder")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label-map folder")
-    p.add_argument("--scores", type=Path, metavar="DIR", help="also write the propagated maps <name>.npz here")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label-map folder")
+    p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
     p.add_argument("--beta", type=positive_float, help="affinity exponent (default: psa 8, irn 10)")
     p.add_argument("--steps", type=int_at_least(0), help="walk steps (default 256 = 2^8)")
     g = p.add_argument_group("psa only")
@@ -96,7 +97,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--border", choices=("all", "psa"), help=BORDER_HELP + " (default all)")
     g = p.add_argument_group("irn only")
     g.add_argument("--radius", type=int_at_least(1), help="pair radius of the walk at stride 4 (default 5)")
-    g.add_argument("--threshold", type=float, metavar="T",
+    g.add_argument("--threshold", type=non_negative_float, metavar="T",
                    help="background score after dividing by the maximum (default 0.25)")
     g.add_argument("--pad-to", type=int_at_least(0), metavar="PX",
                    help="pad images to at least PX x PX for the boundary network (default: its training crop)")
@@ -159,6 +160,6 @@ def run_rw(args: argparse.Namespace) -> None:
                               crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
                               device=default_device(args.device),
                               num_workers=2 if args.num_workers is None else args.num_workers,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, inputs={"model": args.model})
     print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "
           f"({summary['images_per_second']:.2f} images/s), {summary['skipped']} already done -> {args.out}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
                     "and OUT/report/index.html. With --seeds, one run per seed (every training stage "
                     "seeded) in OUT/seed<S>, then each result's mean, standard deviation and range over "
                     "the seeds (OUT/seeds.json). Running it again resumes.")
-    p.add_argument("--out", type=Path, default=Path("demo-run"), help="output folder (default ./demo-run)")
+    p.add_argument("--out", type=output_dir, default=Path("demo-run"), help="output folder (default ./demo-run)")
     p.add_argument("--n-train", type=int_at_least(8), default=2000, metavar="N", help="train images (default 2000)")
     p.add_argument("--n-val", type=int_at_least(4), default=300, metavar="N", help="val images (default 300)")
     p.add_argument("--size", type=int_at_least(32), default=128, metavar="S", help="image side (default 128)")
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of configs/demo.yaml (e.g. stages.train-cls.epochs=1)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, trailing_positionals="overrides")
 
 
 def _seeds(text: str) -> list[int]:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_device_flags, default_device, int_at_least
+from . import add_device_flags, default_device, int_at_least, output_dir
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-seg run folder or final.pt")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style root (images)")
     p.add_argument("--split", default="val", help="split name or list file (default val)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label PNG folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label PNG folder")
     p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S[,S...]",
                    help="input scales, logits averaged (default 1.0, as the reference test; multi-scale: "
                         "0.5,0.75,1,1.25,1.5 with --flip)")
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> None:
                             crf=args.crf, batch_size=args.batch_size,
                             device=default_device(args.device),
                             num_workers=2 if args.num_workers is None else args.num_workers,
-                            crf_workers=args.crf_workers, progress=not args.no_progress)
+                            crf_workers=args.crf_workers, progress=not args.no_progress,
+                            inputs={"model": args.model})
     print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "
           f"{summary['skipped']} already done, in {args.out}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_device_flags, add_split_flags, default_device, int_at_least, key_value, positive_float
+from . import (Ordered, add_device_flags, add_split_flags, default_device, int_at_least, key_value,
+               non_negative_float, output_dir, positive_float)
 
 
 def add_parser(subparsers) -> None:
@@ -19,10 +20,10 @@ def add_parser(subparsers) -> None:
                     "existing files); shards over torchrun ranks; CRFs run over a process pool.")
     add_split_flags(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--fg-threshold", type=positive_float, default=0.30, metavar="T",
                    help="confident-foreground CAM threshold (default 0.30, IRN's conf_fg_thres)")
-    p.add_argument("--bg-threshold", type=float, default=0.05, metavar="T",
+    p.add_argument("--bg-threshold", type=non_negative_float, default=0.05, metavar="T",
                    help="confident-background CAM threshold (default 0.05, IRN's conf_bg_thres)")
     p.add_argument("--crf", choices=("irn", "psa", "deeplab"), default="irn", help="CRF preset (default irn)")
     p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
@@ -41,7 +42,7 @@ def add_parser(subparsers) -> None:
                     "(--init). Writes final.pt, checkpoints and log.jsonl to --out.")
     add_split_flags(p)
     p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-ir-labels")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
     g.add_argument("--init", metavar="PATH",
@@ -61,12 +62,12 @@ def add_parser(subparsers) -> None:
     t.add_argument("--epochs", type=int_at_least(1), default=3)
     t.add_argument("--batch-size", type=int_at_least(1), default=32)
     t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--momentum", type=float, default=1e-4, help="SGD momentum (default 1e-4 as IRN)")
+    t.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
+    t.add_argument("--momentum", type=non_negative_float, default=1e-4, help="SGD momentum (default 1e-4 as IRN)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int_at_least(8), default=512, help="random square crop side (px)")
-    t.add_argument("--scale", type=positive_float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
-                   help="random rescale range (default 0.5 1.5)")
+    t.add_argument("--scale", type=positive_float, nargs=2, action=Ordered, default=(0.5, 1.5),
+                   metavar=("MIN", "MAX"), help="random rescale range (default 0.5 1.5)")
     t.add_argument("--jitter", action="store_true", help="colour jitter (0.3, 0.3, 0.3, 0.1); IRN has none")
     add_device_flags(p)
     p.set_defaults(func=run_train)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -13,14 +13,14 @@ def add_parser(subparsers) -> None:
         "make-cam", help="multi-scale CAMs of a split (PSA / SC-CAM or DRS procedure)",
         description="Runs a trained classifier (or DRS refinement network) over every image of a "
                     "split at several scales, fuses and normalises the maps, keeps the classes of "
-                    "the image label (cls_labels.npy) and writes OUT/<name>.npz at image "
+                    "the image label (from the masks or cls_labels) and writes OUT/<name>.npz at image "
                     "resolution. Images whose file exists are skipped; under torchrun the "
                     "remaining images are split over the ranks.")
     p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="final.pt of train-cls or train-refine (or its folder)")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style dataset root")
     p.add_argument("--split", default="train", help="split name or list file (default train)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--preset", choices=("auto", "psa", "drs"), default="auto",
                    help="reference procedure: psa = scales 1, 0.5, 1.5, 2 with flips, summed, "
                         "align_corners False; drs = squares 256, 320, 384, no flip, max of "
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> None:
     dataset = VOCSegmentation(args.voc, args.split, labels=True)
     summary = make_cams(model, dataset, args.out, settings, batch_size=args.batch_size, device=args.device,
                         num_workers=args.workers, encoding=args.encoding, amp=args.amp,
-                        progress=not args.no_progress,
-                        record={"model": str(args.model), "kind": meta["kind"], "preset": preset,
-                                "amp": args.amp, "encoding": args.encoding})
+                        progress=not args.no_progress, inputs={"model": args.model})
     done = len(summary["written"])
     who = f"make-cam (rank {rank()}/{world_size()})" if world_size() > 1 else "make-cam"
     if done == 0:

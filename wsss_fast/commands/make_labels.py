@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
                     "become 255. Existing PNGs are kept (resume); under torchrun the rest is split "
                     "over the ranks.")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz (make-cam)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of <name>.png")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder of <name>.png")
     p.add_argument("--names", type=Path, metavar="FILE",
                    help="split list of the images to label (default: every .npz of --cam)")
     p.add_argument("--threshold", type=float, default=THRESHOLD, metavar="T",

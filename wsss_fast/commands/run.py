@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, dotted keys, YAML values (e.g. stages.train-cls.epochs=2 out=runs/x)")
     p.add_argument("--check", action="store_true", help="only validate the config and print the stage commands")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, trailing_positionals="overrides")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir, positive_float
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="its CAMs of --split (make-cam with the drs preset)")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style dataset root")
     p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--init", choices=("imagenet", "classifier"), default="imagenet",
                    help="backbone initialisation: ImageNet weights from --weights (default, as the "
                         "reference) or the classifier's backbone")
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int_at_least(1), metavar="N", help="override the schedule's epochs")
     p.add_argument("--decay-at", type=int_at_least(1), nargs="+", metavar="E",
                    help="override the schedule's decay epochs (1-based: lr x0.1 from epoch E on)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int_at_least(1), default=5, metavar="N", help="default 5")
     p.add_argument("--size", type=int_at_least(8), default=320, metavar="S",
                    help="input side: images and maps squashed to S x S (default 320)")

@@ -34,7 +34,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from ..crf import imap_dense_crf
 from ..data.voc import VOCRoot
 from ..errors import DataError
 from ..pairs import counted_sources, offsets
+from ..outputs import OutputFolder
 from ..palette import VOID
 from ..storage import ScoreMap, load_scores, require_score_files, save_scores
 
@@ -139,11 +140,14 @@ def crfs_per_image(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLik
         results.close()  # stops the process pool
 
 
-def pending(names: Sequence[str], done: Callable[[str], bool]) -> tuple[list[str], int]:
-    """(this rank's share of the images not ``done``, number done): every
-    rank lists the pending images and waits for the others before any writes
-    (:func:`wsss_fast.distributed.barrier`), then takes every N-th."""
-    todo = [n for n in names if not done(n)]
+def pending_share(folder: OutputFolder, names: Sequence[str], outputs: Callable[[str], Iterable[Path]]
+                  ) -> tuple[list[str], int]:
+    """(this rank's share of the images whose ``outputs`` are missing or
+    damaged, number of images done): every rank lists the pending images
+    (:meth:`~wsss_fast.outputs.OutputFolder.pending`) and waits for the others
+    before any writes (:func:`wsss_fast.distributed.barrier`), then takes
+    every N-th."""
+    todo = folder.pending(names, outputs)
     distributed.barrier()
     return distributed.shard(todo), len(names) - len(todo)
 
@@ -173,14 +177,16 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     low, high = alphas
     if not 0 < low < high:
         raise DataError(f"affinity labels need 0 < low alpha < high alpha, got {low} and {high}")
-    out_dir = Path(out_dir)
-    todo, skipped = pending(names, lambda n: all(p.is_file() for p in label_paths(out_dir, n)))
-    start = time.perf_counter()
-    for name, keys, marginals in crfs_per_image(
-            voc, todo, cam_dir, lambda cams: (crf_inputs(cams, low), crf_inputs(cams, high)), 2,
-            crf, workers=workers, progress=progress):
-        for path, q in zip(label_paths(out_dir, name), marginals):
-            save_scores(path, keys, q, encoding=encoding)
+    cam_dir, out_dir = Path(cam_dir), Path(out_dir)
+    with OutputFolder(out_dir, "make-aff-labels", {"alphas": [low, high], "crf": crf, "encoding": encoding},
+                      {"cam": cam_dir}) as folder:
+        todo, skipped = pending_share(folder, names, lambda name: label_paths(out_dir, name))
+        start = time.perf_counter()
+        for name, keys, marginals in crfs_per_image(
+                voc, todo, cam_dir, lambda cams: (crf_inputs(cams, low), crf_inputs(cams, high)), 2,
+                crf, workers=workers, progress=progress):
+            for path, q in zip(label_paths(out_dir, name), marginals):
+                save_scores(path, keys, q, encoding=encoding)
     return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
 
 

@@ -18,8 +18,9 @@ Per image, as IRN:
 3. label = the foreground result, 255 where it says background, 0 where both
    say background.
 
-The two CRFs of an image run on a process pool; images whose PNG exists are
-skipped (resume) and the rest are sharded over torchrun ranks.
+The two CRFs of an image run on a process pool; images whose PNG exists and
+is whole are skipped (resume), the rest are sharded over torchrun ranks; the
+folder records its settings and CAM folder (:class:`wsss_fast.outputs.OutputFolder`).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .affinity_labels import crfs_per_image, pending
+from .affinity_labels import crfs_per_image, pending_share
 from ..crf import label_probs
 from ..data.voc import VOCRoot
 from ..errors import UsageError
+from ..outputs import OutputFolder
 from ..palette import VOID
 from ..storage import ScoreMap, save_label_png
 
@@ -90,11 +92,13 @@ def make_ir_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLik
     fg, bg = thresholds
     if not 0 <= bg < fg:
         raise UsageError(f"IR labels need 0 <= bg threshold < fg threshold, got fg {fg} and bg {bg}")
-    out_dir = Path(out_dir)
-    todo, skipped = pending(names, lambda n: (out_dir / f"{n}.png").is_file())
-    start = time.perf_counter()
-    for name, keys, (fg_q, bg_q) in crfs_per_image(
-            voc, todo, cam_dir, lambda cams: crf_inputs(cams, (fg, bg)), 2, crf, workers=workers,
-            progress=progress):
-        save_label_png(out_dir / f"{name}.png", combine(keys, fg_q, bg_q))
+    cam_dir, out_dir = Path(cam_dir), Path(out_dir)
+    settings = {"thresholds": [fg, bg], "crf": crf, "gt_prob": GT_PROB}
+    with OutputFolder(out_dir, "make-ir-labels", settings, {"cam": cam_dir}) as folder:
+        todo, skipped = pending_share(folder, names, lambda name: [out_dir / f"{name}.png"])
+        start = time.perf_counter()
+        for name, keys, (fg_q, bg_q) in crfs_per_image(
+                voc, todo, cam_dir, lambda cams: crf_inputs(cams, (fg, bg)), 2, crf, workers=workers,
+                progress=progress):
+            save_label_png(out_dir / f"{name}.png", combine(keys, fg_q, bg_q))
     return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}

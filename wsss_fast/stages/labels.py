@@ -36,6 +36,7 @@ from ..errors import DataError, UsageError
 from ..eval import cam_to_label, names_in
 from ..palette import VOID
 from ..parallel import ordered_map
+from ..outputs import OutputFolder
 from ..storage import ScoreMap, load_scores, save_label_png
 
 THRESHOLD = 0.15           # background score without saliency (SC-CAM, IRN; PSA 0.2)
@@ -110,10 +111,10 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
     names = list(names) if names is not None else names_in(cam_dir, ".npz")
     if not names:
         raise UsageError("no images to label (the name list is empty)")
-    pending = [n for n in names if not (out_dir / f"{n}.png").is_file()]
-    barrier()  # every rank has listed the pending names before anyone writes
-    mine = shard(pending)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rule = ({"rule": "threshold", "threshold": threshold} if saliency_dir is None else
+            {"rule": "saliency", "alpha": alpha, "saliency_threshold": saliency_threshold,
+             "confident": confident})
+    inputs = {"cam": cam_dir} if saliency_dir is None else {"cam": cam_dir, "saliency": saliency_dir}
 
     def one(name: str) -> str:
         scores = by_class(load_scores(cam_dir / f"{name}.npz"))
@@ -129,8 +130,12 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
         save_label_png(out_dir / f"{name}.png", label)
         return name
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        written = list(tqdm(ordered_map(pool, one, mine, ahead=2 * workers), total=len(mine),
-                            desc="make-labels", unit="img", disable=not progress))
+    with OutputFolder(out_dir, "make-labels", rule, inputs) as folder:
+        pending = folder.pending(names, lambda name: [out_dir / f"{name}.png"])
+        barrier()  # every rank has listed the pending names before anyone writes
+        mine = shard(pending)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            written = list(tqdm(ordered_map(pool, one, mine, ahead=2 * workers), total=len(mine),
+                                desc="make-labels", unit="img", disable=not progress))
     return {"written": written, "skipped": len(names) - len(pending), "seconds": time.perf_counter() - start}

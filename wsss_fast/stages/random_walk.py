@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -46,9 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
 from torch import nn
+from tqdm import tqdm
 
 from .. import distributed, ops
 from .affinity_labels import background_score, check_cams
@@ -59,6 +58,7 @@ from ..errors import DataError, UsageError
 from ..inference import batches_by_size, image_sizes, shard_by_batch
 from ..models.affinity_net import AffinityNet
 from ..models.irn import BoundaryNet
+from ..outputs import OutputFolder
 from ..storage import load_scores, require_score_files, save_label_png, save_scores
 from ..transforms import normalize
 
@@ -269,12 +269,16 @@ def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_di
                     out_dir: str | os.PathLike, settings: WalkSettings | IRNWalkSettings, *,
                     scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
                     crf: str | None = None, crf_workers: int | None = None, batch_size: int = 8,
-                    device: str = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
+                    device: str = "cpu", num_workers: int = 0, progress: bool = True,
+                    inputs: dict | None = None) -> dict:
     """Writes ``out_dir/<name>.png`` label maps of the walk ``settings`` picks
     (``model``: an AffinityNet for PSA's, a BoundaryNet for IRN's), and the
     propagated maps as ``scores_dir/<name>.npz`` (keys [0, classes]) when
-    asked, for every image; images whose outputs exist are skipped (resume),
-    the rest sharded (whole batches) over the torchrun ranks.
+    asked, for every image; images whose outputs exist and are whole are
+    skipped (resume), the rest sharded (whole batches) over the torchrun
+    ranks. ``inputs`` (e.g. {"model": final.pt}) are recorded in the
+    folder's provenance with the settings and the CAM folder
+    (:class:`wsss_fast.outputs.OutputFolder`).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
@@ -282,26 +286,28 @@ def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_di
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     scores_dir = Path(scores_dir) if scores_dir is not None else None
 
-    def done(name: str) -> bool:
-        return (out_dir / f"{name}.png").is_file() and (
-            scores_dir is None or (scores_dir / f"{name}.npz").is_file())
+    def outputs(name: str) -> list[Path]:
+        return [out_dir / f"{name}.png"] + ([scores_dir / f"{name}.npz"] if scores_dir is not None else [])
 
-    todo = [n for n in names if not done(n)]
-    skipped = len(names) - len(todo)
-    distributed.barrier()  # every rank has listed the pending images before anyone writes
-    todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
-    require_score_files(cam_dir, todo)
-    voc.check_images(todo)
-    model = model.eval().to(device)
-    start = time.perf_counter()
-    results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
-                          num_workers=num_workers)
-    if crf is not None:
-        results = with_crf(results, crf, workers=crf_workers)
-    for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
-        if scores_dir is not None:
-            save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)
-        save_label_png(out_dir / f"{r.name}.png", r.label)
+    recorded = {"method": "irn" if isinstance(settings, IRNWalkSettings) else "psa", **asdict(settings),
+                "crf": crf, "encoding": encoding, "scores": scores_dir is not None}
+    with OutputFolder(out_dir, "rw", recorded, {"cam": cam_dir, **(inputs or {})}) as folder:
+        todo = folder.pending(names, outputs)
+        skipped = len(names) - len(todo)
+        distributed.barrier()  # every rank has listed the pending images before anyone writes
+        todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
+        require_score_files(cam_dir, todo)
+        voc.check_images(todo)
+        model = model.eval().to(device)
+        start = time.perf_counter()
+        results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
+                              num_workers=num_workers)
+        if crf is not None:
+            results = with_crf(results, crf, workers=crf_workers)
+        for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
+            if scores_dir is not None:
+                save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)
+            save_label_png(out_dir / f"{r.name}.png", r.label)
     seconds = time.perf_counter() - start
     return {"written": len(todo), "skipped": skipped, "seconds": seconds,
             "images_per_second": len(todo) / seconds if seconds > 0 else 0.0}
