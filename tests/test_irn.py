@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cam_fixtures import demo_with_synthetic_cams
 from wsss_fast import cli
-from wsss_fast.data import VOCRoot, make_demo_data
-from wsss_fast.data.synthetic_cams import synthetic_cams
 from wsss_fast.errors import UsageError
 from wsss_fast.models import build_backbone
 from wsss_fast.models.checkpoints import load_boundary_net
@@ -35,10 +34,7 @@ pytest.importorskip("pydensecrf.densecrf")
 def data(tmp_path_factory):
     """Demo data, synthetic CAMs, IR labels and a one-epoch boundary network."""
     base = tmp_path_factory.mktemp("irn")
-    make_demo_data(base / "demo", n_train=8, n_val=0, size=48, progress=False)
-    voc = VOCRoot(base / "demo")
-    for i, name in enumerate(voc.split("train")):
-        save_scores(base / "cam" / f"{name}.npz", *synthetic_cams(voc.load_mask(name), np.random.default_rng(i)))
+    voc = demo_with_synthetic_cams(base)
     make_ir_labels(voc, voc.split("train"), base / "cam", base / "ir", workers=1, progress=False)
     train_irn(voc, "train", base / "ir", base / "net", BackboneInit(name="scratch", options={"width": 4}),
               cfg=irn_train_config(epochs=1, batch_size=4, num_workers=0), augment=IRNAugmentSettings(crop=48),

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (add_device_flags, add_split_flags, default_device, int_at_least, key_value, non_negative_float,
-               output_dir, positive_float)
+from . import (add_backbone_flags, add_device_flags, add_sgd_flags, add_split_flags, default_device, int_at_least,
+               non_negative_float, output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -48,25 +48,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
-    g.add_argument("--init", metavar="PATH",
-                   help="classifier final.pt (or its folder): the backbone (name, options, weights) to start from")
-    g.add_argument("--backbone", help="backbone name (without --init; with it, must be the classifier's)")
-    g.add_argument("--weights", metavar="FILE",
-                   help="backbone weights file (PSA: ImageNet); with --init it replaces the classifier's weights")
-    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, repeatable (e.g. width=16)")
+    add_backbone_flags(g, backbone_help="backbone name (without --init; with it, must be the classifier's)",
+                       weights_help="backbone weights file (PSA: ImageNet); with --init it replaces the "
+                                    "classifier's weights")
     g.add_argument("--head-norm", choices=("gn", "none"), default=None,
                    help="GroupNorm after the head's projections (PSA's VGG-16 head) or none (PSA's ResNet-38 "
                         "head); default: none for resnet38, gn otherwise")
     g.add_argument("--radius", type=int_at_least(2), default=5, help="pair radius on the grid (default 5)")
     g.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int_at_least(1), default=8)
-    t.add_argument("--batch-size", type=int_at_least(1), default=8)
-    t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
-    t.add_argument("--momentum", type=non_negative_float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
-    t.add_argument("--seed", type=int, default=0)
+    add_sgd_flags(t, epochs=8, batch_size=8, lr=0.1, weight_decay=5e-4, momentum=5e-4, reference="PSA")
     t.add_argument("--crop", type=int_at_least(8), default=448, help="random square crop side (px)")
     t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
                    help="random long-side resize range (px; PSA's train_aff: none)")

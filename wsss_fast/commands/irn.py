@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (Ordered, add_device_flags, add_split_flags, default_device, int_at_least, key_value,
-               non_negative_float, output_dir, positive_float)
+from . import (Ordered, add_backbone_flags, add_device_flags, add_sgd_flags, add_split_flags, default_device,
+               int_at_least, non_negative_float, output_dir, positive_float)
 
 
 def add_parser(subparsers) -> None:
@@ -45,26 +45,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
-    g.add_argument("--init", metavar="PATH",
-                   help="classifier final.pt (or its folder): the backbone (name, options, weights) to start from")
-    g.add_argument("--backbone", help="backbone name (IRN: resnet50; without --init)")
-    g.add_argument("--weights", metavar="FILE",
-                   help="backbone weights file (IRN: torchvision's ImageNet ResNet-50); with --init it "
-                        "replaces the classifier's weights")
-    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, repeatable (e.g. width=16)")
+    add_backbone_flags(g, backbone_help="backbone name (IRN: resnet50; without --init)",
+                       weights_help="backbone weights file (IRN: torchvision's ImageNet ResNet-50); with --init "
+                                    "it replaces the classifier's weights")
     g.add_argument("--radius", type=int_at_least(2), default=10,
                    help="pair radius on the stride-4 grid (default 10, IRN's train_irn)")
     g.add_argument("--border", choices=("all", "psa"), default="psa",
                    help="labelled pairs: 'psa' (default; IRN's path index drops the sources within radius - 1 "
                         "of the left, right and bottom borders, as PSA's) or 'all' (every pair inside the crop)")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int_at_least(1), default=3)
-    t.add_argument("--batch-size", type=int_at_least(1), default=32)
-    t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
-    t.add_argument("--momentum", type=non_negative_float, default=1e-4, help="SGD momentum (default 1e-4 as IRN)")
-    t.add_argument("--seed", type=int, default=0)
+    add_sgd_flags(t, epochs=3, batch_size=32, lr=0.1, weight_decay=1e-4, momentum=1e-4, reference="IRN")
     t.add_argument("--crop", type=int_at_least(8), default=512, help="random square crop side (px)")
     t.add_argument("--scale", type=positive_float, nargs=2, action=Ordered, default=(0.5, 1.5),
                    metavar=("MIN", "MAX"), help="random rescale range (default 0.5 1.5)")
