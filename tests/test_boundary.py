@@ -155,3 +155,17 @@ def test_walk_is_the_random_walk_op_on_the_boundary_affinities(gen):
     cams = torch.rand(1, 2, 9, 9, generator=gen)
     want = ops.random_walk(cams * (1 - edge), boundary_affinity(edge, 5), 5, 10.0, 64, "all")
     torch.testing.assert_close(boundary_random_walk(cams, edge, 5, 10.0, 64), want, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_affinity_and_walk_on_cuda_equal_cpu(gen):
+    edge = torch.rand(2, 1, 30, 41, generator=gen)
+    cams = torch.rand(2, 3, 30, 41, generator=gen)
+    torch.testing.assert_close(boundary_affinity(edge.cuda(), 10).cpu(), boundary_affinity(edge, 10))
+    torch.testing.assert_close(boundary_random_walk(cams.cuda(), edge.cuda()).cpu(), boundary_random_walk(cams, edge),
+                               rtol=1e-5, atol=1e-6)
+    grad = edge.cuda().requires_grad_()
+    boundary_affinity(grad, 5).sum().backward()
+    cpu = edge.clone().requires_grad_()
+    boundary_affinity(cpu, 5).sum().backward()
+    torch.testing.assert_close(grad.grad.cpu(), cpu.grad)
