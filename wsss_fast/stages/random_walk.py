@@ -45,8 +45,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import distributed, ops
@@ -168,7 +168,7 @@ def strided_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
-                  settings: IRNWalkSettings, *, walk: Callable = boundary_random_walk) -> torch.Tensor:
+                  settings: IRNWalkSettings) -> torch.Tensor:
     """IRN's walk of a batch of same-sized images (module docstring).
 
     Args:
@@ -176,9 +176,6 @@ def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
         images: (B, 3, H, W) uint8 or float RGB in [0, 255].
         cams: (B, K, H, W) max-normalised object CAMs in [0, 1] at image
             resolution (channels beyond an image's classes all zero).
-        walk: ``(maps, boundary, radius, beta, n_steps) -> maps``: the sparse
-            :func:`wsss_fast.boundary.boundary_random_walk`, or IRN's dense
-            walk (benchmarks, tests).
 
     Returns:
         (B, K + 1, H, W) float32: channel 0 the constant background
@@ -190,7 +187,7 @@ def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
     s = model.stride
     boundary = model.predict(normalize(images), settings.pad_to)
     grid = strided_cams(cams.float(), tuple(boundary.shape[-2:]))
-    walked = walk(grid, boundary, settings.radius, settings.beta, settings.n_steps)
+    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta, settings.n_steps)
     up = F.interpolate(walked, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
     peak = up.amax((1, 2, 3), keepdim=True)
     up = torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
