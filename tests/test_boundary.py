@@ -150,11 +150,12 @@ def test_empty_batch_and_radius_one():
     assert boundary_affinity(torch.rand(2, 1, 5, 5), 1).shape == (2, 0, 5, 5)
 
 
-def test_walk_is_the_random_walk_op_on_the_boundary_affinities(gen):
+@pytest.mark.parametrize("border", ["all", "psa"])
+def test_walk_is_the_random_walk_op_on_the_boundary_affinities(gen, border):
     edge = torch.rand(1, 1, 9, 9, generator=gen)
     cams = torch.rand(1, 2, 9, 9, generator=gen)
-    want = ops.random_walk(cams * (1 - edge), boundary_affinity(edge, 5), 5, 10.0, 64, "all")
-    torch.testing.assert_close(boundary_random_walk(cams, edge, 5, 10.0, 64), want, rtol=0, atol=0)
+    want = ops.random_walk(cams * (1 - edge), boundary_affinity(edge, 5), 5, 10.0, 64, border)
+    torch.testing.assert_close(boundary_random_walk(cams, edge, 5, 10.0, 64, border), want, rtol=0, atol=0)
 
 
 @pytest.mark.cuda

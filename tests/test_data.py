@@ -222,3 +222,17 @@ def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
 def test_demo_dataset_serves_items(demo_root):
     item = VOCSegmentation(demo_root, "val", masks=True)[0]
     assert item["image"].shape == (3, 64, 64) and item["label"].shape == (10,)
+
+
+def test_16_bit_images_are_scaled_not_read_as_white(voc_tree):
+    """PIL's convert("RGB") clips 16-bit grey levels to 255; they are scaled instead."""
+    grey = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)
+    Image.fromarray(grey).save(voc_tree / "JPEGImages" / "grey16.png")
+    (voc_tree / "JPEGImages" / "grey16.png").rename(voc_tree / "JPEGImages" / "grey16.jpg")  # any suffix decodes
+    image = VOCRoot(voc_tree).load_image("grey16")
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], (grey >> 8).astype(np.uint8)) and image.min() == 0
+    Image.fromarray(grey.astype(np.int32)).save(voc_tree / "JPEGImages" / "int32.tif", format="TIFF")
+    (voc_tree / "JPEGImages" / "int32.tif").rename(voc_tree / "JPEGImages" / "int32.jpg")
+    with pytest.raises(DataError, match="'int32.jpg' .* 32-bit integer pixels of unknown range"):
+        VOCRoot(voc_tree).load_image("int32")

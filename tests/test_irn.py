@@ -296,7 +296,6 @@ def test_rw_irn_writes_labels_and_resumes(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--alpha", "8"], "alpha: used by the psa random walk only"),
-    (["--border", "psa"], "border: used by the psa random walk only"),
 ])
 def test_rw_irn_rejects_psa_options(data, tmp_path, capsys, extra, message):
     voc, base = data

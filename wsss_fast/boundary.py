@@ -151,7 +151,7 @@ def boundary_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def boundary_random_walk(maps: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta: float = 10.0,
-                         n_steps: int = 256) -> torch.Tensor:
+                         n_steps: int = 256, border: str = "all") -> torch.Tensor:
     """IRN's random walk (misc/indexing.py ``propagate_to_edge``) as sparse steps.
 
     Args:
@@ -162,6 +162,8 @@ def boundary_random_walk(maps: torch.Tensor, boundary: torch.Tensor, radius: int
         radius: pair radius (IRN: 5).
         beta: affinity exponent (IRN: 10).
         n_steps: walk steps (IRN: 2^exp_times = 256).
+        border: the pairs of the walk, "all" (IRN's: every pair inside the
+            image) or "psa" (see :func:`wsss_fast.ops.random_walk`).
 
     Returns:
         (B, C, H, W): (maps * (1 - boundary)) @ T^n_steps per image, T being
@@ -173,4 +175,4 @@ def boundary_random_walk(maps: torch.Tensor, boundary: torch.Tensor, radius: int
                          f"for maps {tuple(maps.shape)}")
     with torch.no_grad():
         aff = boundary_affinity(boundary, radius)
-        return ops.random_walk((maps * (1 - boundary)).contiguous(), aff, radius, beta, n_steps, "all")
+        return ops.random_walk((maps * (1 - boundary)).contiguous(), aff, radius, beta, n_steps, border)

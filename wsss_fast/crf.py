@@ -21,9 +21,7 @@ pydensecrf is single-threaded and takes about 1 s for a 500 x 375 image with
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -31,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import WsssFastError
-from .parallel import ordered_map
+from .parallel import ordered_map, worker_pool
 
 PROB_FLOOR = 1e-5
 
@@ -168,7 +166,7 @@ def imap_dense_crf(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: str |
                 yield _job(task)
                 bar.update()
             return
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
+        pool = worker_pool(workers)  # its processes end with this one, even after kill -9
         try:
             for result in ordered_map(pool, _job, tasks, ahead=2 * workers):
                 yield result

@@ -167,30 +167,40 @@ def save_scores(path: str | os.PathLike, keys, data, encoding: str = "float16") 
         np.savez_compressed(f, **arrays)
 
 
+@contextlib.contextmanager
+def read_npz(path: str | os.PathLike, what: str, version: int) -> Iterator[np.lib.npyio.NpzFile]:
+    """Opens one of wsss-fast's ``.npz`` formats (no pickle) after checking
+    its ``format`` entry; any error inside the block (a damaged zip, a
+    missing key, a bad value) becomes a DataError naming ``what`` and the
+    file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            found = int(z["format"])
+            if found != version:
+                raise DataError(f"{what} {path}: format version {found}, this wsss_fast reads {version}")
+            yield z
+    except DataError:
+        raise
+    except Exception as exc:  # zip, key and value errors of a damaged or foreign file
+        raise DataError(f"unreadable {what} '{path.name}' in {path.parent}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
 def load_scores(path: str | os.PathLike) -> ScoreMap:
     """Reads a file written by :func:`save_scores`; raises DataError naming the
     file if it is missing, unreadable or not in this format."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing score file '{path.name}' in {path.parent}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["format"])
-            if version != FORMAT_VERSION:
-                raise DataError(f"score file {path}: format version {version}, "
-                                f"this wsss_fast reads {FORMAT_VERSION}")
-            keys = z["keys"].astype(np.int64)
-            encoding = str(z["encoding"])
-            data = z["data"].astype(np.float32)
-            if encoding == "uint8":
-                data *= (z["scale"].astype(np.float32) / 255.0)[:, None, None]
-            elif encoding != "float16":
-                raise DataError(f"score file {path}: unknown encoding {encoding!r}")
-    except DataError:
-        raise
-    except Exception as exc:  # zip, key and value errors of a damaged or foreign file
-        raise DataError(f"unreadable score file '{path.name}' in {path.parent}: "
-                        f"{type(exc).__name__}: {exc}") from exc
+    with read_npz(path, "score file", FORMAT_VERSION) as z:
+        keys = z["keys"].astype(np.int64)
+        encoding = str(z["encoding"])
+        data = z["data"].astype(np.float32)
+        if encoding == "uint8":
+            data *= (z["scale"].astype(np.float32) / 255.0)[:, None, None]
+        elif encoding != "float16":
+            raise DataError(f"score file {path}: unknown encoding {encoding!r}")
     return ScoreMap(keys, data)
 
 
@@ -202,6 +212,22 @@ def require_score_files(directory: str | os.PathLike, names, what: str = "CAM fi
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"missing {what} {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
                         f"in {directory}")
+
+
+def eight_bit(image: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``image`` in an 8-bit mode: 16-bit grey levels (PIL's "I;16*" modes,
+    e.g. a 16-bit PNG) scaled by 1/256, 8-bit modes as they are (PIL reads
+    16-bit colour PNGs as 8-bit RGB itself). 32-bit integer and float
+    images, whose range is unknown, raise DataError naming the file (PIL
+    would clip them to white)."""
+    if image.mode.startswith("I;16"):
+        values = np.array(image, dtype=np.uint16)
+        return Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
+        path, kind = Path(path), "float" if image.mode == "F" else "integer"
+        raise DataError(f"image '{path.name}' in {path.parent} has 32-bit {kind} pixels of unknown range; "
+                        "convert it to 8 or 16 bits per channel")
+    return image
 
 
 def save_label_png(path: str | os.PathLike, label) -> None:

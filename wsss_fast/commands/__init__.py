@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 
-def int_at_least(low: int):
-    """argparse ``type=`` for an integer >= ``low``."""
+def int_at_least(low: int, at_most: int | None = None):
+    """argparse ``type=`` for an integer >= ``low`` (and <= ``at_most``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -16,6 +16,8 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {value}")
         return value
     return parse
 
@@ -119,8 +121,14 @@ def add_sgd_flags(t, *, epochs: int, batch_size: int, lr: float, weight_decay: f
     t.add_argument("--seed", type=int, default=0)
 
 
+def add_device_flag(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--device, None unless given: resolve it with :func:`default_device`."""
+    p.add_argument("--device", default=None,
+                   help=f"torch device (default: cuda if available, else cpu{note})")
+
+
 def add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_flag(p)
     p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",
                    help="data-loading worker processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

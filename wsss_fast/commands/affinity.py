@@ -82,10 +82,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label-map folder")
     p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
     p.add_argument("--beta", type=positive_float, help="affinity exponent (default: psa 8, irn 10)")
-    p.add_argument("--steps", type=int_at_least(0), help="walk steps (default 256 = 2^8)")
+    p.add_argument("--steps", type=int_at_least(0, at_most=65536), help="walk steps, 0..65536 (default 256 = 2^8)")
+    p.add_argument("--border", choices=("all", "psa"), default="all",
+                   help=BORDER_HELP + " (default all, also IRN's)")
     g = p.add_argument_group("psa only")
     g.add_argument("--alpha", type=positive_float, help="background exponent (default 16)")
-    g.add_argument("--border", choices=("all", "psa"), help=BORDER_HELP + " (default all)")
     g = p.add_argument_group("irn only")
     g.add_argument("--radius", type=int_at_least(1), help="pair radius of the walk at stride 4 (default 5)")
     g.add_argument("--threshold", type=non_negative_float, metavar="T",

@@ -22,10 +22,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, default=Path("demo-run"), help="output folder (default ./demo-run)")
     p.add_argument("--n-train", type=int_at_least(8), default=2000, metavar="N", help="train images (default 2000)")
     p.add_argument("--n-val", type=int_at_least(4), default=300, metavar="N", help="val images (default 300)")
-    p.add_argument("--size", type=int_at_least(32), default=128, metavar="S", help="image side (default 128)")
+    p.add_argument("--size", type=int_at_least(32, at_most=1024), default=128, metavar="S",
+                   help="image side, 32..1024 (default 128)")
     p.add_argument("--seeds", type=_seeds, metavar="S,S,...",
                    help="comma-separated seeds: one run per seed (at least 2), then mean and spread")
     p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="recompute STAGE and every stage after it; repeatable")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of configs/demo.yaml (e.g. stages.train-cls.epochs=1)")
     p.set_defaults(func=run, trailing_positionals="overrides")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(CONFIG_DIR / "demo.yaml", args.overrides)
     config.update(voc=str(data), device=args.device or config.get("device") or "cpu")
     if args.seeds is None:
-        summary = run_pipeline({**config, "out": str(args.out)})
+        summary = run_pipeline({**config, "out": str(args.out)}, force=args.force)
         if summary is not None:  # rank 0
             print(f"demo: {summary['total_seconds']:.0f} s in all; {args.out / 'summary.json'}, "
                   f"{args.out / 'report' / 'index.html'}")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> None:
     summaries = {}
     for seed in dict.fromkeys(args.seeds):
         print(f"demo: seed {seed}", flush=True)
-        summaries[seed] = run_pipeline(with_seed({**config, "out": str(args.out / f"seed{seed}")}, seed))
+        summaries[seed] = run_pipeline(with_seed({**config, "out": str(args.out / f"seed{seed}")}, seed),
+                                       force=args.force)
     if None in summaries.values():  # not rank 0
         return
     result = summarise_seeds(summaries)

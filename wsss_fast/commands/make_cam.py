@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least, output_dir
+from . import add_device_flag, default_device, int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -38,8 +38,7 @@ def add_parser(subparsers) -> None:
                    help="images of one size per forward group (default 8)")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N",
                    help="image decoding processes (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu; cuda under torchrun "
-                                                    "means each rank's LOCAL_RANK GPU)")
+    add_device_flag(p, note="; cuda under torchrun means each rank's LOCAL_RANK GPU")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (faster, not bit-equal)")
     p.add_argument("--encoding", choices=("float16", "uint8"), default="float16",
                    help="storage of the maps (default float16)")
@@ -56,14 +55,15 @@ def run(args: argparse.Namespace) -> None:
     from ..errors import UsageError
     from ..models import load_cam_model
 
-    if args.amp and torch.device(args.device).type != "cuda":
+    device = default_device(args.device)
+    if args.amp and torch.device(device).type != "cuda":
         raise UsageError("--amp needs a CUDA --device")
     model, meta = load_cam_model(args.model)
     preset = preset_for(meta) if args.preset == "auto" else args.preset
     settings = resolve_settings(preset, scales=args.scales, sizes=args.sizes, flip=args.flip, fuse=args.fuse,
                                 align_corners=args.align_corners, normalize=meta["kind"] == "classifier")
     dataset = VOCSegmentation(args.voc, args.split, labels=True)
-    summary = make_cams(model, dataset, args.out, settings, batch_size=args.batch_size, device=args.device,
+    summary = make_cams(model, dataset, args.out, settings, batch_size=args.batch_size, device=device,
                         num_workers=args.workers, encoding=args.encoding, amp=args.amp,
                         progress=not args.no_progress, inputs={"model": args.model})
     done = len(summary["written"])

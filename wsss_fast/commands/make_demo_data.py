@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir", type=output_dir, metavar="DIR", help="output VOC root")
     p.add_argument("--n-train", type=int_at_least(0), default=2000, metavar="N", help="train images (default 2000)")
     p.add_argument("--n-val", type=int_at_least(0), default=300, metavar="N", help="val images (default 300)")
-    p.add_argument("--size", type=int_at_least(32), default=128, metavar="S", help="image side in pixels (default 128)")
+    p.add_argument("--size", type=int_at_least(32, at_most=1024), default=128, metavar="S",
+                   help="image side in pixels, 32..1024 (default 128)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

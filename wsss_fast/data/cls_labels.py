@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..storage import atomic_output
+from ..storage import atomic_output, read_npz
 
 CACHE_FILE = "cls_labels.npz"          # wsss-fast's cache, in the root when it is writable
 REFERENCE_FILE = "cls_labels.npy"      # the references' pickled dict, read-only
@@ -108,18 +108,8 @@ def read_cache(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """wsss-fast's ``cls_labels.npz``: name -> float32 multi-hot. Raises
     DataError naming the file when it is damaged or of another format."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["format"])
-            if version != FORMAT_VERSION:
-                raise DataError(f"image-label cache {path}: format version {version}, "
-                                f"this wsss_fast reads {FORMAT_VERSION}")
-            names, labels = z["names"], z["labels"].astype(np.float32)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"unreadable image-label cache '{path.name}' in {path.parent}: "
-                        f"{type(exc).__name__}: {exc}") from None
+    with read_npz(path, "image-label cache", FORMAT_VERSION) as z:
+        names, labels = z["names"], z["labels"].astype(np.float32)
     if names.ndim != 1 or labels.ndim != 2 or len(names) != len(labels):
         raise DataError(f"image-label cache {path}: {len(names)} names but labels of shape {labels.shape}")
     return {str(n): row for n, row in zip(names, labels)}

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..palette import VOC_CLASSES, VOID
-from ..storage import load_label_png
+from ..storage import eight_bit, load_label_png
 from . import cls_labels
 
 MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
@@ -173,14 +173,16 @@ class VOCRoot:
             raise DataError(f"missing images {shown}{more} in {self.image_dir}")
 
     def load_image(self, name: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB. Raises DataError if the file is missing or
-        unreadable, CorruptImageError if it does not decode."""
+        """(H, W, 3) uint8 RGB (16-bit images scaled to 8 bits, see
+        :func:`wsss_fast.storage.eight_bit`). Raises DataError if the file is
+        missing, unreadable or of unknown range, CorruptImageError if it
+        does not decode."""
         path = self.image_path(name)
         if not path.is_file():
             raise DataError(f"missing image '{path.name}' in {path.parent}")
         try:
             with Image.open(path) as image:
-                return np.array(image.convert("RGB"))
+                return np.array(eight_bit(image, path).convert("RGB"))
         except PermissionError as exc:
             raise DataError(f"unreadable image '{path.name}' in {path.parent}: {exc}") from exc
         except (OSError, SyntaxError, ValueError) as exc:

@@ -78,12 +78,14 @@ class IRNWalkSettings:
     """IRN's make_sem_seg_labels defaults: affinity exponent ``beta`` 10,
     ``n_steps`` 256 (2^exp_times, exp_times 8), pair ``radius`` 5,
     background ``threshold`` 0.25 (sem_seg_bg_thres), images padded to
-    ``pad_to`` (the training crop; IRN: 512) for the boundary network."""
+    ``pad_to`` (the training crop; IRN: 512) for the boundary network;
+    ``border`` "all" (IRN's pairs) or "psa" (:func:`wsss_fast.ops.random_walk`)."""
     beta: float = 10.0
     n_steps: int = 256
     radius: int = 5
     threshold: float = 0.25
     pad_to: int = 512
+    border: str = "all"
 
 
 METHODS = ("psa", "irn")
@@ -98,8 +100,8 @@ def walk_settings(method: str, *, alpha: float | None = None, beta: float | None
     naming it."""
     if method not in METHODS:
         raise UsageError(f"unknown random-walk method {method!r}; choose one of {', '.join(METHODS)}")
-    common = {k: v for k, v in (("beta", beta), ("n_steps", n_steps)) if v is not None}
-    own = {"psa": {"alpha": alpha, "border": border},
+    common = {k: v for k, v in (("beta", beta), ("n_steps", n_steps), ("border", border)) if v is not None}
+    own = {"psa": {"alpha": alpha},
            "irn": {"radius": radius, "threshold": threshold, "pad_to": pad_to}}
     other = "irn" if method == "psa" else "psa"
     wrong = [k for k, v in own[other].items() if v is not None]
@@ -187,7 +189,8 @@ def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
     s = model.stride
     boundary = model.predict(normalize(images), settings.pad_to)
     grid = strided_cams(cams.float(), tuple(boundary.shape[-2:]))
-    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta, settings.n_steps)
+    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta, settings.n_steps,
+                                  settings.border)
     up = F.interpolate(walked, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
     peak = up.amax((1, 2, 3), keepdim=True)
     up = torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
