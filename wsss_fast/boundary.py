@@ -28,7 +28,7 @@ column by its sum and squares the result exp_times times, then multiplies
 the maps (times 1 - boundary) by it: exactly the transition matrix of
 ``ops.random_walk`` (pairs both ways, self-affinity 1, columns normalised)
 with border "all", applied as 2^exp_times stencil steps instead
-(``tests/test_irn.py`` checks it against :mod:`wsss_fast.reference.irn`).
+(``tests/test_boundary.py`` checks it against :mod:`wsss_fast.reference.irn`).
 """
 from __future__ import annotations
 
