@@ -12,6 +12,9 @@ Presets (SPEC.md, "Dense CRF"), both 10 mean-field iterations:
   (AffinityNet's affinity labels).
 - ``deeplab``: Gaussian sxy 1 (pos_xy), compat 3 (pos_w); bilateral sxy 67
   (bi_xy), srgb 3 (bi_rgb), compat 4 (bi_w) (DeepLab post-processing).
+- ``irn``: Gaussian sxy 3, compat 3; bilateral sxy 50, srgb 5, compat 10 (IRN's
+  misc/imutils.py crf_inference_label, for its inter-pixel relation labels; it
+  runs on a label map through :func:`label_probs`).
 
 pydensecrf is single-threaded and takes about 1 s for a 500 x 375 image with
 21 labels; :func:`dense_crf_batch` runs one image per process.
@@ -51,6 +54,8 @@ PRESETS = {
                      bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10),
     "deeplab": CRFParams(iterations=10, gaussian_sxy=1, gaussian_compat=3,
                          bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4),
+    "irn": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
+                     bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10),
 }
 
 
@@ -72,6 +77,34 @@ def resolve_params(params: str | CRFParams) -> CRFParams:
     if params not in PRESETS:
         raise ValueError(f"unknown CRF preset {params!r}; presets: {sorted(PRESETS)}")
     return PRESETS[params]
+
+
+def label_probs(labels: np.ndarray, n_labels: int, gt_prob: float = 0.7) -> np.ndarray:
+    """The CRF input of a hard label map, as pydensecrf's
+    ``unary_from_labels(labels, n_labels, gt_prob, zero_unsure=False)`` (IRN's
+    crf_inference_label): probability ``gt_prob`` for each pixel's label and
+    (1 - gt_prob) / (n_labels - 1) for the others, so that :func:`dense_crf`'s
+    unary -log(probs) is that function's energy.
+
+    Args:
+        labels: (H, W) int labels in [0, n_labels).
+        n_labels: number of labels, >= 2.
+        gt_prob: confidence in the given label, in (0, 1).
+
+    Returns:
+        (n_labels, H, W) float32.
+    """
+    labels = np.asarray(labels)
+    if n_labels < 2:
+        raise ValueError(f"label_probs: n_labels must be >= 2, got {n_labels}")
+    if not 0 < gt_prob < 1:
+        raise ValueError(f"label_probs: gt_prob must be in (0, 1), got {gt_prob}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(f"label_probs: labels must be in [0, {n_labels}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    probs = np.full((n_labels, *labels.shape), (1 - gt_prob) / (n_labels - 1), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), gt_prob, axis=0)
+    return probs
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: str | CRFParams = "psa") -> np.ndarray:
