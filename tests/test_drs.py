@@ -214,6 +214,18 @@ def test_direct_op_errors_name_the_argument(call, match):
         call()
 
 
+def test_bfloat16_under_cpu_autocast_runs_in_float32(gen):
+    x = torch.randn(2, 3, 6, 7, generator=gen).bfloat16()
+    gate = torch.rand(2, 3, generator=gen).bfloat16()
+    with pytest.raises(TypeError, match="float32, float64"):  # outside autocast: refused, as documented
+        ops.drs(x, gate)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, delta = ops.drs(x, gate), ops.drs(x, 0.55)
+    assert out.dtype == delta.dtype == torch.float32
+    torch.testing.assert_close(out, reference.drs(x.float(), gate.float()))
+    torch.testing.assert_close(delta, reference.drs(x.float(), 0.55))
+
+
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (0, 0, 0, 0)])
 def test_empty_batch_or_channels(shape):
     x = torch.randn(shape, requires_grad=True)

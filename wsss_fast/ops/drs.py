@@ -27,16 +27,24 @@ def drs(x: torch.Tensor, gate: torch.Tensor | float) -> torch.Tensor:
     Args:
         x: (N, C, H, W) feature map; float32/float64 on CPU, float32/float16/
             bfloat16 on CUDA. Any strides (the kernels read a contiguous copy).
+            Under CPU autocast (bfloat16 inference, :mod:`wsss_fast.cpu`) a
+            bfloat16 or float16 x and gate run in float32, as autocast runs
+            the operations that have no low-precision CPU kernel.
         gate: (N, C) tensor with the dtype and device of x (the learnable
             controller's output), or a Python float (the constant delta).
 
     Returns:
-        (N, C, H, W) contiguous tensor of x's dtype. Differentiable in x and in a
+        (N, C, H, W) contiguous tensor of x's dtype (float32 for the CPU
+        autocast case above). Differentiable in x and in a
         tensor gate, with exactly the gradients of the reference composition
         (:func:`wsss_fast.reference.drs`). A tensor with N = 0 or C = 0 gives an
         empty result; H = 0 or W = 0 is an error (the plane max is undefined).
         A NaN in a plane makes that output plane NaN, as in the reference.
     """
+    if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+            and torch.is_autocast_enabled("cpu")):
+        x = x.float()
+        gate = gate.float() if isinstance(gate, torch.Tensor) else gate
     _check(x, gate)
     op = "drs" if isinstance(gate, torch.Tensor) else "drs_delta"
     if not _backend.use_kernel(op, x.device.type):
