@@ -21,13 +21,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import WsssFastError
+from .ops.dense_crf import PRESETS, CRFParams, resolve_params
 from .parallel import ordered_map
 
 PROB_FLOOR = 1e-5
@@ -35,25 +35,6 @@ PROB_FLOOR = 1e-5
 
 class MissingDependencyError(WsssFastError):
     """An optional compiled dependency is not installed."""
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Mean-field iterations and the two pairwise kernels (pixels, RGB levels)."""
-    iterations: int
-    gaussian_sxy: float
-    gaussian_compat: float
-    bilateral_sxy: float
-    bilateral_srgb: float
-    bilateral_compat: float
-
-
-PRESETS = {
-    "psa": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
-                     bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10),
-    "deeplab": CRFParams(iterations=10, gaussian_sxy=1, gaussian_compat=3,
-                         bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4),
-}
 
 
 def _densecrf():
@@ -65,15 +46,6 @@ def _densecrf():
             f"the original pydensecrf sdist no longer builds with Cython 3). Import error: {exc}"
         ) from exc
     return densecrf
-
-
-def resolve_params(params: str | CRFParams) -> CRFParams:
-    """A preset name ("psa", "deeplab") or a CRFParams -> CRFParams."""
-    if isinstance(params, CRFParams):
-        return params
-    if params not in PRESETS:
-        raise ValueError(f"unknown CRF preset {params!r}; presets: {sorted(PRESETS)}")
-    return PRESETS[params]
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: str | CRFParams = "psa") -> np.ndarray:
