@@ -97,11 +97,13 @@ def label_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
 def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                          out_dir: str | os.PathLike, *, alphas: tuple[float, float] = ALPHAS,
                          crf: str = "psa", workers: int | None = None, encoding: str = "uint8",
+                         crf_backend: str = "auto", device: str | None = None,
                          progress: bool = True) -> dict:
     """Writes the low- and high-alpha CRF marginals of every image (see the
     module docstring). Images whose two files exist are skipped (resume); the
-    rest are sharded over the torchrun ranks; the CRFs run on ``workers``
-    processes (default: every core).
+    rest are sharded over the torchrun ranks; the CRFs run on ``crf_backend``
+    (:mod:`wsss_fast.crf`: ours on ``device``, or pydensecrf on ``workers``
+    processes, default every core).
 
     Args:
         voc: the dataset (images).
@@ -112,6 +114,8 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
         alphas: (low, high) background exponents, low < high.
         crf: CRF preset of :mod:`wsss_fast.crf` (PSA: "psa").
         encoding: score-file encoding, "uint8" or "float16".
+        crf_backend: "auto", "wsss" or "pydensecrf".
+        device: device of the wsss backend (default: CUDA if available).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s}.
@@ -138,7 +142,8 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
             yield image, crf_inputs(cams, low)
             yield image, crf_inputs(cams, high)
 
-    results = imap_dense_crf(jobs(), crf, workers=workers, total=2 * len(todo), progress=progress)
+    results = imap_dense_crf(jobs(), crf, backend=crf_backend, device=device, workers=workers,
+                             total=2 * len(todo), progress=progress)
     try:
         for name in todo:
             marginals = next(results), next(results)

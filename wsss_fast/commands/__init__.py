@@ -50,6 +50,15 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_crf_backend_flag(p: argparse.ArgumentParser) -> None:
+    from ..crf import BACKENDS
+
+    p.add_argument("--crf-backend", choices=BACKENDS, default="auto",
+                   help="dense CRF implementation (wsss_fast.crf): 'wsss' (our operator, on the "
+                        "command's device), 'pydensecrf' (a process pool) or 'auto' (wsss where "
+                        "its compiled kernel exists, else pydensecrf when installed; default)")
+
+
 def default_device(device: str | None) -> str:
     import torch
 

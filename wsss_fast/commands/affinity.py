@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_device_flags, default_device, int_at_least, key_value, positive_float
+from . import (add_crf_backend_flag, add_device_flags, default_device, int_at_least, key_value,
+               positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -34,8 +35,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
                    help="background exponent of the confident-background CRF (default 32; paper 24)")
     p.add_argument("--crf", choices=("psa", "deeplab"), default="psa", help="CRF preset (default psa)")
+    add_crf_backend_flag(p)
+    p.add_argument("--device", default=None,
+                   help="device of the wsss CRF backend (default: cuda if available, else cpu)")
     p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
-                   help="CRF processes (default: every core)")
+                   help="processes of the pydensecrf CRF backend (default: every core)")
     p.add_argument("--encoding", choices=("uint8", "float16"), default="uint8",
                    help="score-file encoding (default uint8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -94,7 +98,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int_at_least(0), default=256, help="walk steps (default 256 = 2^logt)")
     p.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
-    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    add_crf_backend_flag(p)
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="same-size images per batch (default 8)")
     add_device_flags(p)
     p.set_defaults(func=run_rw)
@@ -108,6 +114,7 @@ def run_make_labels(args: argparse.Namespace) -> None:
     summary = make_affinity_labels(voc, voc.split(args.split), args.cam, args.out,
                                    alphas=(args.low_alpha, args.high_alpha), crf=args.crf,
                                    workers=args.workers, encoding=args.encoding,
+                                   crf_backend=args.crf_backend, device=args.device,
                                    progress=not args.no_progress)
     print(f"make-aff-labels: {summary['written']} written, {summary['skipped']} already done, "
           f"in {summary['seconds']:.1f} s -> {args.out}")
@@ -143,7 +150,8 @@ def run_rw(args: argparse.Namespace) -> None:
     model = load_affinity_net(args.model)
     settings = WalkSettings(alpha=args.alpha, beta=args.beta, n_steps=args.steps, border=args.border)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
-                              crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
+                              crf=args.crf, crf_workers=args.crf_workers,
+                              crf_backend=args.crf_backend, batch_size=args.batch_size,
                               device=default_device(args.device),
                               num_workers=2 if args.num_workers is None else args.num_workers,
                               progress=not args.no_progress)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_device_flags, default_device, int_at_least
+from . import add_crf_backend_flag, add_device_flags, default_device, int_at_least
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
                         "0.5,0.75,1,1.25,1.5 with --flip)")
     p.add_argument("--flip", action="store_true", help="also run mirrored images")
     p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
-    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    add_crf_backend_flag(p)
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
                    help="images of one size per batch (default 8)")
     p.add_argument("--gt", type=Path, metavar="DIR",
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> None:
                             crf=args.crf, batch_size=args.batch_size,
                             device=default_device(args.device),
                             num_workers=2 if args.num_workers is None else args.num_workers,
-                            crf_workers=args.crf_workers, progress=not args.no_progress)
+                            crf_workers=args.crf_workers, crf_backend=args.crf_backend,
+                            progress=not args.no_progress)
     print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "
           f"{summary['skipped']} already done, in {args.out}")

@@ -49,7 +49,8 @@ def _probabilities(model: DeepLab, loader: DataLoader, scales: Sequence[float], 
 def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.PathLike, *,
                   scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
                   batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
-                  crf_workers: int | None = None, progress: bool = True) -> dict:
+                  crf_workers: int | None = None, crf_backend: str = "auto",
+                  progress: bool = True) -> dict:
     """Writes ``<out_dir>/<name>.png`` (uint8 class indices, VOC palette, at
     image resolution) for every image of ``split`` that lacks one and falls
     to this rank.
@@ -57,8 +58,9 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     Args:
         scales: input scale factors (the reference tests at 1.0; the
             multi-scale option is 0.5, 0.75, 1.0, 1.25, 1.5 with ``flip``).
-        crf: refine the probabilities with the dense CRF, "deeplab" preset
-            (on ``crf_workers`` processes, default every core).
+        crf: refine the probabilities with the dense CRF, "deeplab" preset, on
+            :mod:`wsss_fast.crf`'s ``crf_backend`` (ours on ``device``, or
+            pydensecrf on ``crf_workers`` processes, default every core).
         batch_size: images of one size per forward batch.
         device: torch device; "cuda" under torchrun means the rank's
             LOCAL_RANK GPU.
@@ -93,8 +95,8 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                 names.append(name)
                 yield image.permute(1, 2, 0).contiguous().numpy(), probs.cpu().numpy()
 
-        for marginals in imap_dense_crf(pairs(), "deeplab", workers=crf_workers, total=len(mine),
-                                        progress=progress):
+        for marginals in imap_dense_crf(pairs(), "deeplab", backend=crf_backend, device=device,
+                                        workers=crf_workers, total=len(mine), progress=progress):
             save(names.popleft(), marginals.argmax(0))
     else:
         for name, _, probs in tqdm(predictions, total=len(mine), desc="infer-seg", unit="img",
