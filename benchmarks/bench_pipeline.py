@@ -19,8 +19,9 @@ Stages and contenders:
         the dense way on the first images only (it is ~4 s per image at
         PSA's 63 x 47 grid on 2 cores); its seconds per image come from those.
   crf   dense CRF, PSA preset (10 iterations), 21 labels:
-        wsss_fast.crf.dense_crf_batch on a process pool of ``--crf-workers``
-        against a serial wsss_fast.crf.dense_crf loop.
+        wsss_fast.crf.dense_crf_batch's pydensecrf backend on a process pool
+        of ``--crf-workers`` against a serial pydensecrf loop (our operator:
+        benchmarks/bench_crf.py).
 
 Inputs: ``--n`` images, half 375 x 500 and half 500 x 375 (alternating),
 labels with 1 to 3 of 20 classes; random uint8 images for the networks
@@ -238,8 +239,10 @@ def main() -> None:
     print(f"crf: {args.n} images, pool of {args.crf_workers} and serial ...", flush=True)
     crf_images, crf_probs = crf_inputs(sizes, args.n)
     pooled, fast_t = bench_crf.timed(lambda: dense_crf_batch(crf_images, crf_probs, "psa",
+                                                             backend="pydensecrf",
                                                              workers=args.crf_workers, progress=False))
-    serial, ref_t = bench_crf.timed(lambda: [dense_crf(im, p, "psa") for im, p in zip(crf_images, crf_probs)])
+    serial, ref_t = bench_crf.timed(lambda: [dense_crf(im, p, "psa", backend="pydensecrf")
+                                             for im, p in zip(crf_images, crf_probs)])
     identical = all(np.array_equal(a, b) for a, b in zip(pooled, serial))
     records += stage_records(
         "crf", {"method": f"dense_crf_batch, {args.crf_workers} processes", "images": args.n, **fast_t,
