@@ -4,7 +4,7 @@ PYTHON ?= python3
 # a host that already has torch (e.g. a CUDA build) keeps its own.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench check-cuda clean
+.PHONY: install test demo bench check-cuda gpu-check clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
@@ -25,6 +25,12 @@ bench: install
 
 check-cuda:
 	$(PYTHON) scripts/check_cuda_compile.py
+
+# On a CUDA host with torch, nvcc and compute-sanitizer (no pip, no network):
+# build in place, cuda tests, regressions, compute-sanitizer. ARGS=--bench for
+# the benchmarks, ARGS=--dry-run for the harness on the CPU (see the script).
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf build *.egg-info wsss_fast/_C*.so

@@ -1,5 +1,5 @@
 """CAM inference throughput in images per second: the batched engine
-(wsss_fast.cam.batch_cams on groups of same-sized images) against the
+(wsss_fast.stages.cam.batch_cams on groups of same-sized images) against the
 reference code's loop (one image and one pass per forward, accumulated in
 numpy: wsss_fast.reference.cam.cam_loop).
 
@@ -11,10 +11,10 @@ passes) and drs (256, 320, 384 squares, 3 passes). Timed: host-to-device
 copy, network, resizing, fusion, normalisation and the copy of each image's
 maps back to the host; not timed: JPEG decoding and writing files, which
 make-cam overlaps with the network (DataLoader workers, writer threads).
-Results: benchmarks/results/cam-<backbone>-<device>.json (one file per backbone).
+Results: benchmarks/results/cam-<backbone>-<cpu|cuda>.json (one file per backbone).
 Each record also gives the largest difference between the two outputs.
 
-    python benchmarks/bench_cam.py --backbone vgg16_d1 --device cuda [--n 64] [--batch-size 8]
+    python benchmarks/bench_cam.py --backbone vgg16_d1 --device cuda [--n 64] [--batch-size 8] [--no-amp]
     python benchmarks/bench_cam.py --backbone scratch --option width=4 --n 8 --small --threads 1 --no-write
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, sync, write_results  # noqa: E402
-from wsss_fast.cam import batch_cams, resolve_settings  # noqa: E402
+from wsss_fast.stages.cam import batch_cams, resolve_settings  # noqa: E402
 from wsss_fast.inference import batches_by_size  # noqa: E402
 from wsss_fast.models import Classifier, build_backbone  # noqa: E402
 from wsss_fast.reference.cam import cam_loop  # noqa: E402
@@ -99,8 +99,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="images (default 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--preset", nargs="+", choices=("psa", "drs"), default=["psa", "drs"])
-    parser.add_argument("--amp", action="store_true",
-                        help="also time the engine with float16 autocast (CUDA)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the engine with float16 autocast (default: on CUDA)")
     parser.add_argument("--small", action="store_true", help="64 x 48 images instead of VOC's (smoke test)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -109,6 +109,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = device.type == "cuda"
     options = parse_options(args.option)
     torch.manual_seed(0)
     model = Classifier(build_backbone(args.backbone, None, **options), NUM_CLASSES).to(device).eval()

@@ -26,6 +26,9 @@ against pydensecrf's marginals the argmax agreement and the max abs
 difference. Results: benchmarks/results/crf-<device>.json.
 
     python benchmarks/bench_crf.py [--n 8] [--workers CORES] [--device cpu|cuda]
+
+(``--device`` defaults to cuda on a GPU host; the pydensecrf contenders always
+run on the host's cores.)
 """
 from __future__ import annotations
 
@@ -50,9 +53,10 @@ from wsss_fast.data.demo import load_photos  # noqa: E402
 WIDTH, HEIGHT, CLASSES = 500, 375, 21
 
 
-def make_inputs(n: int, seed: int = 0, classes: int = CLASSES
+def make_inputs(n: int, seed: int = 0, classes: int = CLASSES, device: str = "cpu"
                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """n (375, 500, 3) uint8 photo crops and n (classes, 375, 500) float32 softmax maps."""
+    """n (375, 500, 3) uint8 photo crops and n (classes, 375, 500) float32
+    softmax maps (upsampled and normalised on ``device``, returned on the host)."""
     rng = np.random.default_rng(seed)
     photos = load_photos()
     images, probs = [], []
@@ -64,8 +68,9 @@ def make_inputs(n: int, seed: int = 0, classes: int = CLASSES
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         images.append(np.array(Image.fromarray(photo[y:y + ch, x:x + cw]).resize((WIDTH, HEIGHT))))
         logits = torch.from_numpy(rng.normal(0, 3, (1, classes, 12, 16)).astype(np.float32))
-        logits = torch.nn.functional.interpolate(logits, size=(HEIGHT, WIDTH), mode="bilinear")
-        probs.append(torch.softmax(logits[0], dim=0).numpy())
+        logits = torch.nn.functional.interpolate(logits.to(device), size=(HEIGHT, WIDTH),
+                                                 mode="bilinear")
+        probs.append(torch.softmax(logits[0], dim=0).cpu().numpy())
     return images, probs
 
 
@@ -123,12 +128,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="images per setting (default 8)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="pool processes and threads (default: cores)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=("cpu", "cuda"),
+                        help="where ours runs and the maps are made (default: cuda if available)")
     args = parser.parse_args()
     threads = args.workers
     records = []
     for classes in (21, 2):
-        images, probs = make_inputs(args.n, classes=classes)
+        images, probs = make_inputs(args.n, classes=classes, device=args.device)
         for preset in ("psa", "deeplab"):
             print(f"{preset}, {classes} labels ...", flush=True)
             truth, t = timed(lambda: [dense_crf(im, p, preset, backend="pydensecrf")

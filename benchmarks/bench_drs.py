@@ -1,7 +1,7 @@
 """Fused DRS (wsss_fast.ops.drs) against the eager reference composition and
 torch.compile of it, forward + backward, at the VGG-16 DRS shapes.
 
-    python benchmarks/bench_drs.py [--device cuda] [--dtype float32] [--no-compile]
+    python benchmarks/bench_drs.py [--device cuda] [--dtype float32 ...] [--no-compile]
 
 Every contender computes the output and the gradients for x and a learnable
 (N, C) gate from the same inputs. Times are medians; "speedup" is the eager
@@ -9,7 +9,8 @@ reference's time over the contender's. On CUDA it also measures a
 device-to-device copy and reports the fused kernels' achieved bandwidth
 (minimal traffic: forward reads x and writes out, backward reads x and grad_out
 and writes grad_x; 5 tensor-sized transfers in all) as a fraction of it.
-Results: benchmarks/results/drs-<device>.json.
+Results: benchmarks/results/drs-<cpu|cuda>.json; default dtypes float32 on the CPU,
+float32, float16 and bfloat16 on CUDA.
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def copy_bandwidth(x: torch.Tensor, reps: int) -> float:
 
 
 def run(device: torch.device, dtype: torch.dtype, compile_ref: bool, reps: int) -> list[dict]:
+    # One graph per shape, dtype and grad mode: more than dynamo's default of 8
+    # recompilations of reference.drs, after which it would silently run eager.
+    torch._dynamo.config.cache_size_limit = 64
     compiled = torch.compile(reference.drs, dynamic=False) if compile_ref else None
     records = []
     gen = torch.Generator().manual_seed(0)
@@ -88,15 +92,18 @@ def run(device: torch.device, dtype: torch.dtype, compile_ref: bool, reps: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument("--dtype", nargs="+", choices=["float32", "float16", "bfloat16", "float64"],
+                        help="default: float32 on the CPU, float32 float16 bfloat16 on CUDA")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10 CPU, 50 CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     reps = args.reps or (50 if device.type == "cuda" else 10)
+    dtypes = args.dtype or (["float32", "float16", "bfloat16"] if device.type == "cuda" else ["float32"])
     print(f"backend: {wsss_fast.backend_info()}")
-    records = run(device, getattr(torch, args.dtype), not args.no_compile, reps)
-    columns = ["shape", "fused_fwd_bwd_ms", "eager_fwd_bwd_ms", "compile_fwd_bwd_ms", "fused_speedup",
+    records = [rec for dtype in dtypes
+               for rec in run(device, getattr(torch, dtype), not args.no_compile, reps)]
+    columns = ["shape", "dtype", "fused_fwd_bwd_ms", "eager_fwd_bwd_ms", "compile_fwd_bwd_ms", "fused_speedup",
                "compile_speedup", "fused_fwd_ms", "eager_fwd_ms"]
     if device.type == "cuda":
         columns += ["fused_fwd_bwd_GBps", "copy_GBps", "fused_fwd_bwd_vs_copy"]
@@ -105,7 +112,7 @@ def main() -> None:
         for key, value in rec.items():
             if key.endswith("_error"):
                 print(f"{rec['shape']} {key}: {value}")
-    path = write_results("drs", device, records, dtype=args.dtype, reps=reps)
+    path = write_results("drs", device, records, dtypes=dtypes, reps=reps)
     print(f"wrote {path}")
 
 

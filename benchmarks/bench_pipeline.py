@@ -4,12 +4,12 @@ reference code's way, both measured in the same run on the same inputs.
 
 Stages and contenders:
 
-  cam   wsss-fast: wsss_fast.cam.batch_cams on batches of ``--batch-size``
+  cam   wsss-fast: wsss_fast.stages.cam.batch_cams on batches of ``--batch-size``
         same-sized images (every scale of a batch one forward with its
         mirrors); reference: wsss_fast.reference.cam.cam_loop, one image and
         one pass per forward (benchmarks/bench_cam.py's run_batched / run_loop).
         PSA's procedure: scales 1, 0.5, 1.5, 2 with flips (8 passes).
-  rw    wsss_fast.rw_stage.propagate (background row, padding, pooling,
+  rw    wsss_fast.stages.random_walk.propagate (background row, padding, pooling,
         AffinityNet forward with ops.affinity, walk, upsampling), then the
         copy to the host and the argmax label. wsss-fast: batches of
         same-sized images, sparse ops.random_walk; reference: one image at a
@@ -68,12 +68,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import bench_cam, bench_crf  # noqa: E402
 from benchmarks.common import print_table, write_results  # noqa: E402
 from wsss_fast import ops, reference  # noqa: E402
-from wsss_fast.cam import resolve_settings  # noqa: E402
+from wsss_fast.stages.cam import resolve_settings  # noqa: E402
 from wsss_fast.crf import dense_crf, dense_crf_batch  # noqa: E402
 from wsss_fast.inference import batches_by_size  # noqa: E402
 from wsss_fast.models import Classifier, build_backbone  # noqa: E402
 from wsss_fast.models.affinity_net import AffinityNet, default_head_norm  # noqa: E402
-from wsss_fast.rw_stage import WalkSettings, propagate  # noqa: E402
+from wsss_fast.stages.random_walk import WalkSettings, propagate  # noqa: E402
 
 SMALL_SIZES = [(48, 64), (64, 48)]
 

@@ -26,10 +26,11 @@ buffers every later squaring holds too), and the estimate is construction +
 
 The largest grid the dense walk can do here is computed, not run: the larger
 measured peak bytes per N^2 (PSA, IRN) against a memory cap (default 16 GiB of this
-machine's ~23 GiB, shared with other jobs), with its time extrapolated as N^3
-from the measured squaring. The sparse kernel is then timed at that grid.
+machine's ~23 GiB, shared with other jobs; on CUDA 90% of the GPU's memory), with its
+time extrapolated as N^3 from the measured squaring (CPU only: on CUDA the dense walk
+runs in full at IRN's size). The sparse kernel is then timed at that grid.
 
-Usage: python benchmarks/bench_random_walk.py [--device cpu|cuda] [--cap-gib 16]
+Usage: python benchmarks/bench_random_walk.py [--device cpu|cuda] [--cap-gib GIB]
            [--full-dense]   (run the dense walk at IRN's size instead of estimating)
 """
 from __future__ import annotations
@@ -175,9 +176,10 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cap-gib", type=float, default=16.0,
-                        help="memory cap for the largest dense grid (GiB)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cap-gib", type=float, default=None,
+                        help="memory cap for the largest dense grid (GiB; default 16 on the CPU, "
+                             "90%% of the GPU's memory on CUDA)")
     parser.add_argument("--full-dense", action="store_true",
                         help="run the dense walk at IRN's size instead of estimating it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -189,6 +191,9 @@ def main() -> None:
     from wsss_fast import ops, reference
 
     device = torch.device(args.device)
+    if args.cap_gib is None:
+        args.cap_gib = (0.9 * torch.cuda.get_device_properties(device).total_memory / 2**30
+                        if device.type == "cuda" else 16.0)
     estimate_irn = device.type == "cpu" and not args.full_dense
     tmp = Path(tempfile.mkdtemp(prefix="bench_rw_"))
     load_before = os.getloadavg()
@@ -203,7 +208,7 @@ def main() -> None:
         print(f"running {grid} {contender} ...", flush=True)
         res = run_child(spec)
         if save.exists():
-            outputs[(grid, contender)] = torch.load(save)
+            outputs[(grid, contender)] = torch.load(save, weights_only=True)
         times = sorted(res["times_ms"])
         records.append(dict(grid=grid, h=h, w=w, n=h * w, channels=CHANNELS,
                             contender=contender.replace("_estimate", ""),
@@ -251,10 +256,12 @@ def main() -> None:
     largest = dict(cap_gib=args.cap_gib, bytes_per_n2_measured=per_n2, bytes_per_n2=bytes_per_n2,
                    n_max=n_max,
                    square_grid=[side, side], square_grid_image_px_at_stride8=side * 8)
+    scale = (side * side / irn["n"]) ** 3
     if "square_ms" in irn:
-        scale = (side * side / irn["n"]) ** 3
         largest["dense_estimated_s"] = (irn["build_ms"] * (side * side / irn["n"]) ** 2
                                         + math.log2(STEPS) * irn["square_ms"] * scale) / 1e3
+    else:  # measured in full: the squarings (N^3) dominate
+        largest["dense_estimated_s"] = irn["median_ms"] * scale / 1e3
     print(f"running sparse_kernel at the largest dense grid {side} x {side} ...", flush=True)
     big = run_child(dict(device=str(device), h=side, w=side, contender="sparse_kernel", reps=2,
                          save=""))

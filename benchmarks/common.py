@@ -109,15 +109,13 @@ def _cpu_name() -> str:
 
 
 def device_tag(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "cpu"
-    return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
+    """"cpu" or "cuda": the results file's suffix (environment() names the GPU or CPU)."""
+    return torch.device(device).type
 
 
 def write_results(bench: str, device: torch.device | str, records: list[dict], **extra) -> Path:
     """Writes ``{"bench", "environment", "records", **extra}`` to
-    results/<bench>-<device tag>.json atomically; returns the path."""
+    results/<bench>-<cpu|cuda>.json atomically; returns the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{bench}-{device_tag(device)}.json"
     payload = {"bench": bench, "environment": environment(device), "records": records, **extra}

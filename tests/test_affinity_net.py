@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast import affinity_labels as al
+from wsss_fast.stages import affinity_labels as al
 from wsss_fast import cli
-from wsss_fast.affinity_training import (AugmentSettings, BackboneInit, build_affinity_net,
+from wsss_fast.stages.affinity import (AugmentSettings, BackboneInit, build_affinity_net,
                                          psa_train_config, train_affinity)
 from wsss_fast.data import VOCRoot, VOCSegmentation, make_demo_data
 from wsss_fast.data.synthetic_cams import synthetic_cams

@@ -372,6 +372,8 @@ def test_mxnet_resnet38_names_map_to_psa(tmp_path):
     (lambda b: struct.pack("<Q", 0x113) + b[8:], "not an MXNet NDArray file"),
     (lambda b: b[:-40], "truncated|names"),
     (lambda b: b + b"\0", "unexpected bytes"),
+    # shape (2**32, 2**32): its int64 element count wraps to 0
+    (lambda b: b[:36] + struct.pack("<2q", 2 ** 32, 2 ** 32) + b[52:], r"shape \(4294967296, 4294967296\) is larger"),
 ])
 def test_mxnet_params_bad_files(tmp_path, damage, message):
     path = tmp_path / "x.params"

@@ -1,6 +1,7 @@
 """CAM inference: the batched engine against the one-image-at-a-time
 reference loop, normalisation, label masking, DRS max fusion, resume,
 sharding, checkpoints and the make-cam command."""
+import copy
 import json
 import re
 
@@ -11,7 +12,8 @@ import torch
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
 from dist_utils import torchrun
 from wsss_fast import cli
-from wsss_fast.cam import CamSettings, batch_cams, fused_maps, make_cams, resolve_settings
+from wsss_fast.inference import CamSettings
+from wsss_fast.stages.cam import batch_cams, fused_maps, make_cams, resolve_settings
 from wsss_fast.inference import batches_by_size
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
@@ -127,25 +129,41 @@ def test_make_cams_matches_loop_and_keeps_label_classes(demo, model, tmp_path):
         expected = cam_loop(model.class_maps, normalize(item["image"]), item["label"], settings)
         np.testing.assert_allclose(stored.data, expected[stored.keys - 1], atol=ATOL_STORED, rtol=RTOL)
         assert stored.data.min() >= 0 and stored.data.max() <= 1
-    recorded = json.loads((tmp_path / "cam" / "cam_settings.json").read_text())
-    assert recorded["settings"]["scales"] == [1.0, 0.5]
+    recorded = json.loads((tmp_path / "cam" / "provenance.json").read_text())
+    assert recorded["command"] == "make-cam" and recorded["settings"]["scales"] == [1.0, 0.5]
 
 
-def test_resume_skips_existing_and_refuses_other_settings(demo, model, tmp_path):
+def test_resume_skips_whole_outputs_recomputes_damaged_ones_and_refuses_other_settings(
+        demo, model, tmp_path, capsys):
     dataset = VOCSegmentation(demo, "train")
     settings = resolve_settings("drs", sizes=(32,))
     out = tmp_path / "cam"
     make_cams(model, dataset, out, settings, num_workers=0, progress=False)
-    first, second = (out / f"{n}.npz" for n in dataset.names[:2])
-    kept = second.read_bytes()
-    first.unlink()
-    second.write_bytes(b"not rewritten")
+    missing, truncated, kept = (out / f"{n}.npz" for n in dataset.names[:3])
+    whole, untouched = truncated.read_bytes(), kept.stat().st_mtime_ns
+    missing.unlink()
+    truncated.write_bytes(whole[: len(whole) // 2])  # e.g. a full disk during a copy
     summary = make_cams(model, dataset, out, settings, num_workers=0, progress=False)
-    assert summary["written"] == [dataset.names[0]] and summary["skipped"] == len(dataset) - 1
-    assert first.is_file() and second.read_bytes() == b"not rewritten"
-    second.write_bytes(kept)
-    with pytest.raises(UsageError, match="other settings"):
+    assert sorted(summary["written"]) == sorted(dataset.names[:2])
+    assert summary["skipped"] == len(dataset) - 2
+    assert truncated.read_bytes() == whole and kept.stat().st_mtime_ns == untouched
+    assert f"recomputed: {truncated.name}" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"another make-cam run \(sizes \[32\] -> \[48\]\)"):
         make_cams(model, dataset, out, resolve_settings("drs", sizes=(48,)), num_workers=0, progress=False)
+
+
+def test_resume_with_another_model_is_refused(demo, model, tmp_path):
+    dataset = VOCSegmentation(demo, "train")
+    settings = resolve_settings("psa", scales=(1.0,))
+    first, second = save_classifier(tmp_path / "a.pt", model), tmp_path / "b.pt"
+    make_cams(model, dataset, tmp_path / "cam", settings, num_workers=0, progress=False, inputs={"model": first})
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    save_classifier(second, other)
+    with pytest.raises(UsageError, match="model sha256:"):
+        make_cams(model, dataset, tmp_path / "cam", settings, num_workers=0, progress=False,
+                  inputs={"model": second})
 
 
 @pytest.mark.slow

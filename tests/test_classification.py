@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast.classification import override, preset, train_classifier
+from wsss_fast.stages.classify import override, preset, train_classifier
 from wsss_fast.cli import main
 from wsss_fast.data.dataset import VOCSegmentation
 from wsss_fast.data.demo import make_demo_data
@@ -73,7 +73,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(voc, tmp_path, monkeypatc
     p = scratch(small_preset(**{"train.epochs": 3, "train.momentum": 0.9}))
     straight = train_classifier("cam", p, dataset, tmp_path / "a", weights=None, progress=False)
 
-    import wsss_fast.classification as classification
+    import wsss_fast.stages.classify as classification
     real_loss = classification.classification_loss
     calls = {"n": 0}
 

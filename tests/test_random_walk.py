@@ -9,7 +9,6 @@ repeated squaring. Tolerance: elementwise relative error
 from __future__ import annotations
 
 import functools
-import warnings
 
 import pytest
 import torch
@@ -471,3 +470,53 @@ def test_cuda_zero_steps_noncontiguous_and_opcheck():
         ops.random_walk(cam, aff.cpu(), 5)
     with pytest.raises(TypeError, match="cam on cuda must be one of float32"):
         ops.random_walk(cam.double(), aff.double(), 5)
+
+
+@pytest.mark.parametrize("n_steps", [63, 64, 65, 129, 300])
+@pytest.mark.parametrize("border", ["all", "psa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_walk_in_interruptible_chunks_equals_one_call(n_steps, border, dtype):
+    """ops.random_walk runs STEPS_PER_CALL (64) steps per operator call (so
+    that Ctrl-C is seen between calls); bit for bit the same as one call."""
+    cam, aff = make_inputs(2, 3, 19, 23, 5, dtype=dtype, seed=n_steps)
+    whole = torch.ops.wsss_fast.random_walk(cam, aff, 5, 8.0, n_steps, border)
+    assert torch.equal(ops.random_walk(cam, aff, 5, 8.0, n_steps, border), whole)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_random_walk_in_chunks_equals_one_call_cuda():
+    cam, aff = (t.cuda() for t in make_inputs(2, 3, 33, 29, 5, dtype=torch.float32, seed=3))
+    whole = torch.ops.wsss_fast.random_walk(cam, aff, 5, 8.0, 200, "all")
+    assert torch.equal(ops.random_walk(cam, aff, 5, 8.0, 200, "all"), whole)
+
+
+WALK_FOREVER = """
+import torch
+from wsss_fast import ops
+cam, aff = torch.rand(1, 21, 64, 64), torch.rand(1, ops.pair_offsets(5).shape[0], 64, 64)
+print("walking", flush=True)
+try:
+    ops.random_walk(cam, aff, 5, 8.0, 10 ** 9)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_long_random_walk_stops_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not _backend.has_kernel("random_walk", "cpu"):
+        pytest.skip("the compiled kernel is the uninterruptible part")
+    walk = subprocess.Popen([sys.executable, "-c", WALK_FOREVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert walk.stdout.readline().strip() == "walking"
+        time.sleep(1.0)
+        walk.send_signal(signal.SIGINT)
+        out, _ = walk.communicate(timeout=30)
+    finally:
+        walk.kill()
+    assert "interrupted" in out

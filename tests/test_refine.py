@@ -8,12 +8,13 @@ import torch
 
 from cam_fixtures import NUM_CLASSES, classifier, demo_root, one_thread, save_classifier  # noqa: F401
 from wsss_fast import cli
-from wsss_fast.cam import make_cams, resolve_settings
+from wsss_fast.stages.cam import make_cams, resolve_settings
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import load_cam_model, load_refine
-from wsss_fast.refine import CamTargets, RefineAugment, max_mask, train_refine
+from wsss_fast.stages.refine import CamTargets, RefineAugment, max_mask, train_refine
 from wsss_fast.storage import load_scores, save_scores
+from wsss_fast.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +56,7 @@ def test_augment_gives_squashed_images_and_max_masked_targets(setup):
         assert torch.equal(out["target"], max_mask(dense.flip(-1) if flipped else dense))
 
 
-def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path):
+def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path, monkeypatch):
     demo, cls, cam_dir = setup
     straight = train_refine(cls, demo, "train", cam_dir, tmp_path / "a", epochs=3, decay_at=(3,), **FAST)
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines())
@@ -65,9 +66,19 @@ def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path):
     assert payload["metadata"]["kind"] == "refine" and payload["metadata"]["backbone"] == "scratch"
     assert tuple(payload["config"]["milestones"]) == (2,) and payload["config"]["optimizer"] == "adam"
 
-    # stopped after its first epoch (checkpoint.pt, no final.pt), then resumed
-    train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=1, decay_at=(3,), **FAST)
-    (tmp_path / "b" / "final.pt").unlink()
+    # interrupted in its second epoch (checkpoint.pt of the first, no final.pt), then resumed
+    run_epoch = Trainer._run_epoch
+
+    def interrupted(self, loader, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self, loader, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), **FAST)
+    monkeypatch.undo()
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "final.pt").exists()
     with pytest.raises(UsageError, match="--resume"):
         train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), **FAST)
     resumed = train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), resume=True,
@@ -87,7 +98,7 @@ def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path):
 
 
 def test_init_from_classifier_copies_the_backbone(setup):
-    from wsss_fast.refine import build_refine_net
+    from wsss_fast.stages.refine import build_refine_net
 
     _, cls, _ = setup
     net, meta = build_refine_net(cls, "classifier", None)

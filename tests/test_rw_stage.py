@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from wsss_fast import cli, distributed
-from wsss_fast.affinity_training import AugmentSettings, BackboneInit, psa_train_config, train_affinity
-from wsss_fast.affinity_labels import make_affinity_labels
+from wsss_fast.stages.affinity import AugmentSettings, BackboneInit, psa_train_config, train_affinity
+from wsss_fast.stages.affinity_labels import make_affinity_labels
 from wsss_fast.data import VOCRoot, VOCSegmentation, make_demo_data
 from wsss_fast.data.synthetic_cams import synthetic_cams
 from wsss_fast.eval import evaluate_label_dirs
 from wsss_fast.models import build_backbone
 from wsss_fast.models.affinity_net import AffinityNet
 from wsss_fast.reference.random_walk import random_walk_dense
-from wsss_fast.rw_stage import WalkSettings, propagate
+from wsss_fast.stages.random_walk import WalkSettings, propagate
 from wsss_fast.storage import load_label_png, load_scores, save_scores
 from wsss_fast.training import FINAL
 from wsss_fast.transforms import normalize

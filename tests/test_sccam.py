@@ -1,4 +1,4 @@
-"""wsss_fast.sccam.subcategory_labels: SC-CAM sub-category labels from one
+"""wsss_fast.stages.sccam.subcategory_labels: SC-CAM sub-category labels from one
 batched K-means over all parent classes."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss_fast import ops
-from wsss_fast.sccam import subcategory_labels
+from wsss_fast.stages.sccam import subcategory_labels
 
 
 def image_data(n=240, classes=5, d=24, seed=0):

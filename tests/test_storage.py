@@ -152,3 +152,22 @@ def test_atomic_output_creates_parents(tmp_path):
     with atomic_output(tmp_path / "a" / "b" / "c.txt") as tmp:
         tmp.write_text("hello")
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "hello"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_outputs_honour_the_umask(tmp_path, umask):
+    """Other users of a shared run folder can read what wsss-fast writes
+    (mkstemp alone would make every file 0600)."""
+    old = os.umask(umask)
+    try:
+        assert storage.current_umask() == umask
+        save_scores(tmp_path / "a.npz", [1], np.ones((1, 2, 2)))
+        save_label_png(tmp_path / "a.png", np.zeros((2, 2), np.uint8))
+        storage.write_text_atomic(tmp_path / "a.json", "{}")
+        open(tmp_path / "plain", "w").close()
+    finally:
+        os.umask(old)
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert plain == 0o666 & ~umask
+    for name in ("a.npz", "a.png", "a.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == plain, name

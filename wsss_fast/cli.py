@@ -9,12 +9,17 @@ and listing it here. Modules are imported whenever the parser is built, so
 they import their heavy dependencies inside ``run``.
 
 Errors that describe the user's input (:class:`wsss_fast.errors.WsssFastError`)
-are printed as one line and exit with status 2, without a traceback.
+are printed as one line and exit with status 2, without a traceback; errors
+of the file system (OSError: permissions, a full disk) as one line with
+status 1 (``WSSS_FAST_TRACEBACK=1`` shows the traceback). A command whose
+trailing positionals may follow its options (``run CONFIG --check k=v``)
+names their destination with ``set_defaults(trailing_positionals=DEST)``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -49,12 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    trailing = getattr(args, "trailing_positionals", None)  # e.g. run's KEY=VALUE overrides
+    if extra and trailing and not any(item.startswith("-") for item in extra):
+        getattr(args, trailing).extend(extra)  # positionals given after an option (run CONFIG --check k=v)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status = args.func(args)
     except WsssFastError as exc:
         print(f"wsss-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (permissions, full disk, a file where a folder goes)
+        if os.environ.get("WSSS_FAST_TRACEBACK"):
+            raise
+        print(f"wsss-fast {args.command}: error: {exc} (WSSS_FAST_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"wsss-fast {args.command}: interrupted (finished outputs are complete; "
               "run again to resume)", file=sys.stderr)

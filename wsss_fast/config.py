@@ -22,7 +22,7 @@ from .errors import UsageError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped configs (also ./configs in the repo)
 
 TOP_KEYS = {
-    "voc": "VOC-style root (images, masks or cls_labels.npy)",
+    "voc": "VOC-style root (images, and masks or image labels: cls_labels.npz / the references' cls_labels.npy)",
     "out": "output folder of the run (one subfolder per stage)",
     "device": "torch device for every stage (default: cuda if available, else cpu)",
     "train_split": "split the networks train on and pseudo labels are made for",

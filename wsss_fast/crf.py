@@ -27,9 +27,7 @@ Presets (SPEC.md, "Dense CRF"), both 10 mean-field iterations:
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -40,7 +38,7 @@ from . import _backend
 from .distributed import local_device
 from .errors import WsssFastError
 from .ops.dense_crf import PRESETS, CRFParams, resolve_params
-from .parallel import ordered_map
+from .parallel import ordered_map, worker_pool
 
 __all__ = ["BACKENDS", "PRESETS", "CRFParams", "MissingDependencyError", "crf_device",
            "dense_crf", "dense_crf_batch", "imap_dense_crf", "resolve_backend", "resolve_params"]
@@ -214,7 +212,7 @@ def imap_dense_crf(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: str |
                 yield _job(task)
                 bar.update()
             return
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
+        pool = worker_pool(workers)  # its processes end with this one, even after kill -9
         try:
             for result in ordered_map(pool, _job, tasks, ahead=2 * workers):
                 yield result

@@ -1,15 +1,61 @@
 """Multi-scale, flip-augmented forward passes over a batch of same-sized
-images, the inference pattern of CAM, random-walk and DeepLab stages."""
+images, the inference pattern of CAM, random-walk and DeepLab stages, with
+the settings of a CAM procedure (:class:`CamSettings`) and the batching of
+images by size."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
+
 FUSES = ("sum", "max")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """How the passes of one image are made and fused.
+
+    scales: input scale factors (PSA), or empty when ``sizes`` is given.
+    sizes: square input sides in pixels (DRS), or empty.
+    flip: also run every input mirrored.
+    fuse: "sum" (then max-normalise) or "max" (of per-pass max-normalised maps).
+    align_corners: of the bilinear resizing of the maps to the image size.
+    normalize: max-normalise (classifier CAMs); False for the refinement
+        network's regressed maps, which are fused as they are ("sum" gives
+        their mean) and clamped at 0.
+    """
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    sizes: tuple[int, ...] = ()
+    flip: bool = True
+    fuse: str = "sum"
+    align_corners: bool = False
+    normalize: bool = True
+
+    def __post_init__(self):
+        if bool(self.scales) == bool(self.sizes):
+            raise UsageError("give either scales or sizes for CAM inference, not both or neither")
+        if any(not s > 0 for s in self.scales) or any(int(s) != s or s < 1 for s in self.sizes):
+            raise UsageError(f"scales must be positive and sizes positive integers, got "
+                             f"scales {list(self.scales)}, sizes {list(self.sizes)}")
+        if self.fuse not in FUSES:
+            raise UsageError(f"fuse must be one of {FUSES}, got {self.fuse!r}")
+
+    @property
+    def passes(self) -> int:
+        return len(self.scales or self.sizes) * (2 if self.flip else 1)
+
+    def describe(self) -> str:
+        """One line, e.g. "scales 1 0.5 1.5 2, flip, sum, align_corners False, max-normalised"."""
+        inputs = (f"scales {' '.join(f'{s:g}' for s in self.scales)}" if self.scales
+                  else f"sizes {' '.join(map(str, self.sizes))}")
+        return (f"{inputs}, {'flip' if self.flip else 'no flip'}, {self.fuse}, align_corners "
+                f"{self.align_corners}, {'max-normalised' if self.normalize else 'not normalised'}")
 
 
 def multiscale_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -93,8 +139,6 @@ def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int,
     ``indices`` (default range(len(sizes))), ``sizes[i]`` being the size of
     ``indices[i]``. Sizes keep the order of their first appearance; indices
     within a size keep their order."""
-    from .errors import UsageError
-
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     indices = range(len(sizes)) if indices is None else indices

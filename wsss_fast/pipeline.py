@@ -14,7 +14,10 @@ Layout of a run folder (``out``)::
 A stage whose stage.json exists is skipped (its recorded numbers are
 reused), so an interrupted run continues with the stage it was in; that
 stage itself resumes (training from its last epoch, inference from the
-images without outputs).
+images without outputs). A finished stage is reused only when its options
+and every earlier stage's are those of this run (stage.json records them);
+otherwise the run stops with a one-line error, and ``run --force STAGE``
+recomputes that stage and those after it.
 
 Under torchrun every rank runs the training and inference stages (which
 split their work over the ranks); evaluation stages run on rank 0 alone while
@@ -24,8 +27,13 @@ stage.json, summary.json and the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +42,7 @@ from typing import Callable
 from . import distributed
 from .config import check_top_level, options_to_argv
 from .errors import UsageError
-from .storage import write_text_atomic
+from .storage import output_dir_problem, write_text_atomic
 
 STAGE_FILE = "stage.json"
 
@@ -181,33 +189,48 @@ def stage_options(run: Run, stage: Stage) -> dict:
     return options
 
 
-def stage_args(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParser]) -> argparse.Namespace:
-    """The parsed arguments of a stage: its wiring, then its config options
-    (which win), through the subcommand's own parser, so that the config is
-    checked exactly as the command line would be."""
+def stage_argv(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """The command-line arguments of a stage: its wiring, then its config
+    options (which win)."""
     if stage.command not in parsers:
         raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
-    parser = parsers[stage.command]
-    argv = options_to_argv(parser, stage_options(run, stage), f"stages.{stage.name}")
+    return options_to_argv(parsers[stage.command], stage_options(run, stage), f"stages.{stage.name}")
+
+
+def stage_args(run: Run, stage: Stage, parsers: dict[str, argparse.ArgumentParser]) -> argparse.Namespace:
+    """The parsed arguments of a stage, through the subcommand's own parser,
+    so that the config is checked exactly as the command line would be; a
+    rejected value is a one-line UsageError naming the stage."""
+    argv = stage_argv(run, stage, parsers)
+    messages = io.StringIO()
     try:
-        return parser.parse_args(argv)
+        with contextlib.redirect_stderr(messages):
+            return parsers[stage.command].parse_args(argv)
     except SystemExit:
-        raise UsageError(f"stage {stage.name}: {stage.command} rejected {' '.join(argv)}") from None
+        lines = [line for line in messages.getvalue().splitlines() if "error:" in line]
+        reason = lines[-1].split("error:", 1)[1].strip() if lines else f"rejected {' '.join(argv)}"
+        raise UsageError(f"stages.{stage.name}: {stage.command} {reason}") from None
 
 
 def validate(config: dict) -> Run:
-    """Checks every key of the config against the stages' commands, before
-    anything runs; returns the Run."""
+    """Checks every key and value of the config against the stages'
+    commands, before anything runs; returns the Run."""
     from .cli import build_parser
 
     check_top_level(config, STAGE_NAMES)
     run = Run(config)
+    problem = output_dir_problem(run.out)
+    if problem:
+        raise UsageError(f"out: {problem}")
     parsers = _subparsers(build_parser())
     for stage in STAGES:
         if stage.name in run.options:
             if stage.command not in parsers:
                 raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
             options_to_argv(parsers[stage.command], run.options[stage.name], f"stages.{stage.name}")
+    for stage in STAGES:
+        if run.has(stage.name):
+            stage_args(run, stage, parsers)
     return run
 
 
@@ -218,15 +241,92 @@ def describe(run: Run) -> str:
     parsers = _subparsers(build_parser())
     lines = []
     for stage in (s for s in STAGES if run.has(s.name)):
-        argv = options_to_argv(parsers[stage.command], stage_options(run, stage), f"stages.{stage.name}")
+        argv = stage_argv(run, stage, parsers)
         lines.append(f"[{stage.name}] wsss-fast {stage.command} {' '.join(argv)}")
     return "\n".join(lines)
 
 
-def run_pipeline(config: dict, *, progress: bool = True) -> dict | None:
+# Flags that change how a stage runs, not what it computes: a finished stage
+# is not recomputed when only these change.
+RUNTIME_FLAGS = ("--device", "--num-workers", "--workers", "--crf-workers", "--no-progress", "--resume")
+
+
+def effective_options(argv: list[str], out: Path) -> dict[str, list[str]]:
+    """A stage's command line as flag -> values, without :data:`RUNTIME_FLAGS`
+    and with paths inside the run folder ``out`` written ``$OUT/...``, so
+    that a run folder that was moved or copied is still recognised."""
+    options: dict[str, list[str]] = {}
+    flag, prefix = None, str(out)
+    for item in argv:
+        if item.startswith("--"):
+            flag = item
+            options.setdefault(flag, [])
+        elif flag is not None:
+            inside = item == prefix or item.startswith(prefix + os.sep)
+            options[flag].append("$OUT" + item[len(prefix):] if inside else item)
+    return {k: v for k, v in options.items() if k not in RUNTIME_FLAGS}
+
+
+def fingerprint(options: dict, upstream: str) -> str:
+    """Identity of a stage's work: its options and everything before it."""
+    return hashlib.sha256(json.dumps([upstream, options], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _option_changes(before: dict, now: dict) -> str:
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    shown = [f"{k} {' '.join(before[k]) if k in before else '(unset)'} -> "
+             f"{' '.join(now[k]) if k in now else '(unset)'}" for k in keys[:3]]
+    return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def read_marker(marker: Path) -> dict:
+    """A finished stage's stage.json; UsageError in one line when damaged."""
+    try:
+        record = json.loads(marker.read_text())
+        if not isinstance(record, dict) or "seconds" not in record:
+            raise ValueError("not a stage record")
+        return record
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{marker} is damaged ({exc}); run again with --force "
+                         f"{marker.parent.name} to recompute that stage") from None
+
+
+def check_finished(stage: Stage, record: dict, options: dict, identity: str) -> None:
+    """Refuses to reuse a finished stage whose options, or an earlier
+    stage's, differ from this run's."""
+    if record.get("fingerprint") == identity:
+        return
+    changes = _option_changes(record.get("options") or {}, options)
+    what = (f"with other options ({changes})" if changes else
+            "after other earlier stages (an earlier stage's options differ)")
+    raise UsageError(f"stage {stage.name} finished before {what}; run again with --force {stage.name} "
+                     "to recompute it and the stages after it, or choose another out folder")
+
+
+def force_stages(run: Run, names: list[str]) -> None:
+    """Deletes the outputs of the earliest of ``names`` and of every enabled
+    stage after it, so that they are computed again."""
+    unknown = [n for n in names if not run.has(n)]
+    if unknown:
+        raise UsageError(f"--force {unknown[0]}: not an enabled stage of this config "
+                         f"(enabled: {', '.join(run.enabled)})")
+    first = min(STAGE_NAMES.index(n) for n in names)
+    for stage in STAGES[first:]:
+        folder = run.dir(stage.name)
+        if run.has(stage.name) and folder.exists():
+            print(f"[{stage.name}] --force: removing {folder}", flush=True)
+            shutil.rmtree(folder)
+
+
+def run_pipeline(config: dict, *, force: list[str] | tuple = (), progress: bool = True) -> dict | None:
     """Runs the enabled stages in order (skipping finished ones) and writes
     summary.json and the report; returns the summary (None on the ranks
-    other than 0 under torchrun)."""
+    other than 0 under torchrun).
+
+    Each stage.json records the stage's options and a fingerprint of them
+    and of every earlier stage's; a finished stage whose fingerprint differs
+    from this run's is refused (:func:`check_finished`) rather than reused,
+    unless ``force`` names it or an earlier stage (then it is recomputed)."""
     from .cli import build_parser
 
     run = validate(config)
@@ -235,11 +335,20 @@ def run_pipeline(config: dict, *, progress: bool = True) -> dict | None:
     parsers = _subparsers(build_parser())
     run.out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()
+    if force:
+        if main:
+            force_stages(run, list(force))
+        distributed.barrier()
     records = []
+    upstream = ""
     for stage in (s for s in STAGES if run.has(s.name)):
         marker = run.dir(stage.name) / STAGE_FILE
+        options = effective_options(stage_argv(run, stage, parsers), run.out)
+        upstream = fingerprint(options, upstream)
         if marker.is_file():
-            record = {**json.loads(marker.read_text()), "skipped": True}
+            record = read_marker(marker)
+            check_finished(stage, record, options, upstream)
+            record["skipped"] = True
             if main:
                 print(f"[{stage.name}] done before ({record['seconds']:.1f} s), skipped")
         else:
@@ -255,7 +364,8 @@ def run_pipeline(config: dict, *, progress: bool = True) -> dict | None:
             if not main:
                 continue
             record = {"name": stage.name, "command": stage.command, "title": stage.title,
-                      "seconds": time.perf_counter() - start, "miou": _miou(run.dir(stage.name), stage)}
+                      "seconds": time.perf_counter() - start, "miou": _miou(run.dir(stage.name), stage),
+                      "options": options, "fingerprint": upstream}
             write_text_atomic(marker, json.dumps(record, indent=1) + "\n")
             record["skipped"] = False
             print(f"[{stage.name}] {record['seconds']:.1f} s"

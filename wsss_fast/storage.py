@@ -25,7 +25,9 @@ Every writer goes through :func:`atomic_output`: the bytes go to a hidden
 temporary file in the target directory, which is renamed onto the target only
 once complete, so an interrupted run leaves either the old file or none,
 never a truncated one (a killed process may leave a ``.<name>.*.tmp`` file,
-which no reader lists).
+which no reader lists). Files get the mode a plain ``open`` would give them
+(0666 less the process's umask), so the other users of a shared run folder
+can read them.
 """
 from __future__ import annotations
 
@@ -45,6 +47,21 @@ FORMAT_VERSION = 1
 ENCODINGS = ("float16", "uint8")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system
+    tells it (Linux's /proc/self/status); elsewhere set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to write to; renames it onto
@@ -56,7 +73,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -66,6 +86,25 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def output_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be (or become) an output folder, or None: it is
+    a file, a file stands where a parent folder should be, or the nearest
+    existing parent is not writable. Nothing is created."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is a file"
+    if not os.access(parent, os.W_OK):
+        return f"cannot create {path}: {parent} is not writable"
+    return None
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
@@ -73,12 +112,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def save_npy_atomic(path: str | os.PathLike, value: object) -> None:
-    """``numpy.save`` of an array or a pickled object (e.g. a dict), atomically."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, value, allow_pickle=True)
 
 
 class ScoreMap(NamedTuple):
@@ -134,30 +167,40 @@ def save_scores(path: str | os.PathLike, keys, data, encoding: str = "float16") 
         np.savez_compressed(f, **arrays)
 
 
+@contextlib.contextmanager
+def read_npz(path: str | os.PathLike, what: str, version: int) -> Iterator[np.lib.npyio.NpzFile]:
+    """Opens one of wsss-fast's ``.npz`` formats (no pickle) after checking
+    its ``format`` entry; any error inside the block (a damaged zip, a
+    missing key, a bad value) becomes a DataError naming ``what`` and the
+    file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            found = int(z["format"])
+            if found != version:
+                raise DataError(f"{what} {path}: format version {found}, this wsss_fast reads {version}")
+            yield z
+    except DataError:
+        raise
+    except Exception as exc:  # zip, key and value errors of a damaged or foreign file
+        raise DataError(f"unreadable {what} '{path.name}' in {path.parent}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
 def load_scores(path: str | os.PathLike) -> ScoreMap:
     """Reads a file written by :func:`save_scores`; raises DataError naming the
     file if it is missing, unreadable or not in this format."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing score file '{path.name}' in {path.parent}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["format"])
-            if version != FORMAT_VERSION:
-                raise DataError(f"score file {path}: format version {version}, "
-                                f"this wsss_fast reads {FORMAT_VERSION}")
-            keys = z["keys"].astype(np.int64)
-            encoding = str(z["encoding"])
-            data = z["data"].astype(np.float32)
-            if encoding == "uint8":
-                data *= (z["scale"].astype(np.float32) / 255.0)[:, None, None]
-            elif encoding != "float16":
-                raise DataError(f"score file {path}: unknown encoding {encoding!r}")
-    except DataError:
-        raise
-    except Exception as exc:  # zip, key and value errors of a damaged or foreign file
-        raise DataError(f"unreadable score file '{path.name}' in {path.parent}: "
-                        f"{type(exc).__name__}: {exc}") from exc
+    with read_npz(path, "score file", FORMAT_VERSION) as z:
+        keys = z["keys"].astype(np.int64)
+        encoding = str(z["encoding"])
+        data = z["data"].astype(np.float32)
+        if encoding == "uint8":
+            data *= (z["scale"].astype(np.float32) / 255.0)[:, None, None]
+        elif encoding != "float16":
+            raise DataError(f"score file {path}: unknown encoding {encoding!r}")
     return ScoreMap(keys, data)
 
 
@@ -169,6 +212,22 @@ def require_score_files(directory: str | os.PathLike, names, what: str = "CAM fi
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"missing {what} {', '.join(repr(n + '.npz') for n in missing[:3])}{more} "
                         f"in {directory}")
+
+
+def eight_bit(image: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``image`` in an 8-bit mode: 16-bit grey levels (PIL's "I;16*" modes,
+    e.g. a 16-bit PNG) scaled by 1/256, 8-bit modes as they are (PIL reads
+    16-bit colour PNGs as 8-bit RGB itself). 32-bit integer and float
+    images, whose range is unknown, raise DataError naming the file (PIL
+    would clip them to white)."""
+    if image.mode.startswith("I;16"):
+        values = np.array(image, dtype=np.uint16)
+        return Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
+        path, kind = Path(path), "float" if image.mode == "F" else "integer"
+        raise DataError(f"image '{path.name}' in {path.parent} has 32-bit {kind} pixels of unknown range; "
+                        "convert it to 8 or 16 bits per channel")
+    return image
 
 
 def save_label_png(path: str | os.PathLike, label) -> None:

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,13 +201,26 @@ class Trainer:
             torch.save(state, tmp)
 
     def _load_checkpoint(self) -> int:
-        """Restores the last checkpoint; returns the number of finished epochs."""
+        """Restores the last checkpoint; returns the number of finished
+        epochs. A checkpoint of another network or made with other
+        optimisation settings is refused with a UsageError naming the file."""
         path = self.out_dir / CHECKPOINT
         if not path.is_file():
             return 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = read_torch_file(path, "training checkpoint", map_location=self.device)
+        if not isinstance(state, dict) or not {"model", "optimizer", "scaler", "epoch"} <= set(state):
+            raise UsageError(f"{path} is not a wsss-fast training checkpoint")
+        changed = settings_changes(state.get("config") or {}, asdict(self.cfg))
+        if changed:
+            raise UsageError(f"{path} was made with other training settings ({changed}); resume with "
+                             f"the same settings, or start over in another output folder")
+        try:
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = " ".join(str(exc).split())
+            raise UsageError(f"{path} holds another network than this run trains ({detail[:200]}); "
+                             "start over in another output folder") from None
         self.scaler.load_state_dict(state["scaler"])
         return int(state["epoch"]) + 1
 
@@ -338,18 +352,49 @@ class Trainer:
                   + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 
+# TrainConfig fields that change how a run is executed, not what it computes.
+RUNTIME_FIELDS = ("num_workers", "log_every")
+
+
+def settings_changes(before: dict, now: dict, ignore: tuple[str, ...] = RUNTIME_FIELDS) -> str:
+    """"key: old -> new" for the first few settings that differ ("" when
+    none), comparing JSON-like values (tuples and lists alike)."""
+    def plain(value):
+        return json.loads(json.dumps(value, default=str))
+
+    keys = [k for k in sorted(set(before) | set(now))
+            if k not in ignore and plain(before.get(k)) != plain(now.get(k))]
+    return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys[:3]) + (
+        f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def read_torch_file(path: Path, what: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors, containers and plain
+    values only, so a crafted file cannot run code. Raises UsageError in one
+    line naming the file when it is unreadable, truncated, or needs anything
+    else to unpickle."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        if "Weights only load failed" in message or isinstance(exc, pickle.UnpicklingError):
+            found = (message.split("Unsupported global: ")[-1].split(" was not")[0].removeprefix("GLOBAL ")[:120]
+                     if "Unsupported global" in message else "objects other than tensors and plain values")
+            raise UsageError(f"refusing to load {what} {path}: it needs {found}, which could run "
+                             "code; wsss-fast files hold tensors and plain values only") from None
+        raise UsageError(f"cannot read {what} {path}: {type(exc).__name__}: {message[:200]}") from None
+
+
 def load_final(path: str | os.PathLike) -> dict:
     """Reads a final.pt (``model`` state dict, ``metadata``, ``config``);
-    raises UsageError naming the file when it is missing or not one."""
+    raises UsageError naming the file when it is missing, not one, or
+    needs code to unpickle (see :func:`read_torch_file`)."""
     path = Path(path)
     if path.is_dir():
         path = path / FINAL
     if not path.is_file():
         raise UsageError(f"no trained model at {path} (train it first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UsageError(f"cannot read trained model {path}: {type(exc).__name__}: {exc}") from exc
+    payload = read_torch_file(path, "trained model")
     if not isinstance(payload, dict) or "model" not in payload or "metadata" not in payload:
         raise UsageError(f"{path} is not a wsss-fast trained model (final.pt)")
     return payload

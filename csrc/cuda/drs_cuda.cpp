@@ -7,10 +7,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../drs_common.h"
 #include "drs_kernels.h"
+#include "drs_launch.h"
 
 namespace wsss_fast {
 namespace {
@@ -26,11 +25,13 @@ cuda::DType cuda_dtype(const at::Tensor& x, const char* op) {
   }
 }
 
+// Positions inside a plane are int32 (the first-argmax search), so H * W must
+// stay below its "not found" sentinel. The number of planes is not bounded:
+// the launchers slice batches whose grid would be too large.
 void check_cuda_sizes(const at::Tensor& x, const char* op) {
-  const int64_t size = x.size(2) * x.size(3);
-  TORCH_CHECK(size < std::numeric_limits<int>::max() &&
-                  x.size(0) * x.size(1) < std::numeric_limits<int>::max() / 65536,
-              op, ": x is too large for the CUDA kernel, got shape ", x.sizes());
+  TORCH_CHECK(x.size(2) * x.size(3) < cuda::drs::kNoArgmax, op,
+              ": x must have H * W < ", cuda::drs::kNoArgmax,
+              " elements per plane for the CUDA kernel, got shape ", x.sizes());
 }
 
 at::Tensor workspace(const at::Tensor& x, bool backward) {

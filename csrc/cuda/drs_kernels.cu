@@ -1,12 +1,17 @@
 // DRS suppression, CUDA kernels (device code; CUDA headers only).
 //
-// Two strategies, chosen per call by the plane's size in bytes:
+// Two strategies, chosen per call by the plane's size in bytes (drs_launch.h,
+// from the device's shared memory limits and the kernel's static shared
+// memory, both queried at run time):
 //  * plane kernels: one block per (n, c) plane, the plane staged in shared
 //    memory while its max is reduced, so x is read from global memory once.
 //    Forward reads x and writes out; backward reads x and grad_out and writes
-//    grad_x: the minimum traffic. Used while a plane fits in the shared memory
-//    of one block (fp32 up to 161 x 161 on sm_80/sm_90, half up to ~230 x 230
-//    on sm_80 and 321 x 321 on sm_90).
+//    grad_x: the minimum traffic. Used while a plane fits in the opt-in shared
+//    memory of one block less the kernel's static 128 B (forward) or 256 B
+//    (backward): up to 58,048 fp32 / 116,096 half or bf16 elements on sm_90
+//    (227 KiB; squares up to 240 x 240 and 340 x 340), 41,664 / 83,328 on
+//    sm_80 (163 KiB; 204 x 204 and 288 x 288). Above 48 KiB of static plus
+//    dynamic shared memory the kernel opts in (cudaFuncSetAttribute).
 //  * chunk kernels, for larger planes: every plane is cut into chunks of one
 //    block each; a first launch reduces the plane max with an atomic max on the
 //    float's bits (relu values are >= 0, so integer order is float order), a
@@ -14,6 +19,8 @@
 //    with per-block partial sums and a third, per-plane, deterministic launch
 //    that sums them). The second launch walks the blocks in reverse order, so
 //    the planes the first launch read last are still in L2.
+// Grids are 1-D over planes (x chunks); a batch with more blocks than a grid
+// holds is launched in slices of whole planes.
 // Arithmetic is in float; the threshold and the gradients of the max and the
 // gate are rounded to the storage type at the points where the reference
 // composition rounds them.
@@ -22,18 +29,18 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <climits>
 #include <cstdint>
 
 #include "drs_kernels.h"
+#include "drs_launch.h"
 
 namespace wsss_fast {
 namespace cuda {
 namespace {
 
-constexpr int kChunkThreads = 256;
-constexpr int64_t kChunkItems = 2048;  // elements per chunk block
-constexpr int64_t kMaxChunksPerPlane = 65535;
+using drs::ChunkGrid;
+using drs::kChunkThreads;
+using drs::kNoArgmax;
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v);
@@ -120,7 +127,7 @@ template <typename T>
 __device__ __forceinline__ void finish_plane(float grad_t, float m, float g, int k,
                                              T* grad_x_plane, T* grad_gate, int64_t p) {
   const float gt = round_to<T>(grad_t);
-  if (m > 0.f && k != INT_MAX) {
+  if (m > 0.f && k != kNoArgmax) {
     const float grad_m = round_to<T>(gt * g);
     grad_x_plane[k] = from_float<T>(to_float<T>(grad_x_plane[k]) + grad_m);
   }
@@ -173,7 +180,7 @@ __global__ void drs_backward_plane_kernel(const T* __restrict__ grad_out,
   const T* gp = grad_out + p * size;
   T* gxp = grad_x + p * size;
   float grad_t = 0.f;
-  int k = INT_MAX;
+  int k = kNoArgmax;
   for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
     const float v = to_float<T>(tile[i]);
     const float r = fmaxf(v, 0.f);
@@ -181,25 +188,14 @@ __global__ void drs_backward_plane_kernel(const T* __restrict__ grad_out,
     const float s = share_to_r(r, t);
     gxp[i] = from_float<T>(v > 0.f ? gy * s : 0.f);
     grad_t += gy * (1.f - s);
-    if (v == m && k == INT_MAX) k = static_cast<int>(i);
+    if (v == m && k == kNoArgmax) k = static_cast<int>(i);
   }
   grad_t = block_reduce(grad_t, scratch, SumOp(), 0.f);
-  k = block_reduce(k, iscratch, MinIndexOp(), INT_MAX);
+  k = block_reduce(k, iscratch, MinIndexOp(), kNoArgmax);
   if (threadIdx.x == 0) finish_plane<T>(grad_t, m, g, k, gxp, grad_gate, p);
 }
 
 // ---------------------------------------------------------------- chunk kernels
-
-struct ChunkGrid {
-  int64_t chunks;     // blocks per plane
-  int64_t chunk_len;  // elements per block
-};
-
-__host__ __device__ inline ChunkGrid chunk_grid(int64_t size) {
-  int64_t len = kChunkItems;
-  if ((size + len - 1) / len > kMaxChunksPerPlane) len = (size + kMaxChunksPerPlane - 1) / kMaxChunksPerPlane;
-  return {(size + len - 1) / len, len};
-}
 
 // Max of relu(x) per plane into plane_max (as float bits; zero-initialised).
 template <typename T>
@@ -267,7 +263,8 @@ __global__ void drs_backward_chunk_kernel(const T* __restrict__ grad_out,
   if (threadIdx.x == 0) partial_grad_t[b] = grad_t;
 }
 
-// One thread per plane: sums the partials in a fixed order, then finish_plane.
+// One thread per plane (grid-stride): sums the partials in a fixed order, then
+// finish_plane.
 template <typename T>
 __global__ void drs_backward_finish_kernel(const T* __restrict__ gate, float delta,
                                            T* __restrict__ grad_x, T* __restrict__ grad_gate,
@@ -275,33 +272,47 @@ __global__ void drs_backward_finish_kernel(const T* __restrict__ gate, float del
                                            const int* __restrict__ plane_max,
                                            const int* __restrict__ first_argmax,
                                            const float* __restrict__ partial_grad_t) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= planes) return;
-  float grad_t = 0.f;
-  for (int64_t c = 0; c < grid.chunks; ++c) grad_t += partial_grad_t[p * grid.chunks + c];
-  finish_plane<T>(grad_t, __int_as_float(plane_max[p]), gate_value(gate, p, delta),
-                  first_argmax[p], grad_x + p * size, grad_gate, p);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < planes;
+       p += stride) {
+    float grad_t = 0.f;
+    for (int64_t c = 0; c < grid.chunks; ++c) grad_t += partial_grad_t[p * grid.chunks + c];
+    finish_plane<T>(grad_t, __int_as_float(plane_max[p]), gate_value(gate, p, delta),
+                    first_argmax[p], grad_x + p * size, grad_gate, p);
+  }
 }
 
 // ---------------------------------------------------------------- dispatch
 
-int plane_threads(int64_t size) { return size >= 32768 ? 1024 : (size >= 4096 ? 512 : 256); }
+static_assert(kNoArgmax == 0x7f7f7f7f, "first_argmax is initialised with a 0x7f byte memset");
 
-// Shared memory a plane kernel would need, or 0 if the plane does not fit.
-size_t plane_smem_bytes(int64_t size, size_t elem, int device, cudaError_t* err) {
-  int optin = 0;
-  *err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (*err != cudaSuccess) return 0;
-  const size_t bytes = static_cast<size_t>(size) * elem;
-  const size_t static_bytes = 2 * 32 * sizeof(float);  // reduction scratch
-  return bytes + static_bytes <= static_cast<size_t>(optin) ? bytes : 0;
+// Reads the device's shared memory limits and the plane kernel's static shared
+// memory, plans the launch (drs_launch.h) and opts the kernel in to more than
+// 48 KiB of shared memory when the plan needs it.
+template <typename Kernel>
+cudaError_t plan_for(Kernel kernel, int64_t planes, int64_t size, size_t elem_bytes, int device,
+                     drs::Launch* launch) {
+  int per_block = 0, optin = 0;
+  cudaError_t err;
+  if ((err = cudaDeviceGetAttribute(&per_block, cudaDevAttrMaxSharedMemoryPerBlock, device)) !=
+      cudaSuccess)
+    return err;
+  if ((err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) !=
+      cudaSuccess)
+    return err;
+  cudaFuncAttributes attr;
+  if ((err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return err;
+  const drs::SmemLimits limits{static_cast<size_t>(per_block), static_cast<size_t>(optin)};
+  *launch = drs::plan_launch(planes, size, elem_bytes, attr.sharedSizeBytes, limits);
+  if (!launch->needs_optin) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(launch->dynamic_smem));
 }
 
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
+// p + n, or null for a null p (the constant gate, no gate gradient).
+template <typename T>
+T* advance(T* p, int64_t n) {
+  return p ? p + n : nullptr;
 }
 
 struct Workspace {
@@ -322,63 +333,83 @@ Workspace carve(void* base, int64_t planes) {
 template <typename T>
 cudaError_t forward_impl(const T* x, const T* gate, float delta, T* out, int64_t planes,
                          int64_t size, void* workspace, int device, cudaStream_t stream) {
-  cudaError_t err;
-  const size_t smem = plane_smem_bytes(size, sizeof(T), device, &err);
+  drs::Launch l;
+  cudaError_t err = plan_for(drs_forward_plane_kernel<T>, planes, size, sizeof(T), device, &l);
   if (err != cudaSuccess) return err;
-  if (smem > 0) {
-    if ((err = allow_smem(drs_forward_plane_kernel<T>, smem)) != cudaSuccess) return err;
-    drs_forward_plane_kernel<T><<<static_cast<unsigned>(planes), plane_threads(size), smem, stream>>>(
-        x, gate, delta, out, size);
-    return cudaGetLastError();
-  }
-  const ChunkGrid grid = chunk_grid(size);
-  const unsigned blocks = static_cast<unsigned>(planes * grid.chunks);
+  const bool chunked = l.path == drs::Path::kChunk;
   Workspace ws = carve(workspace, planes);
-  if ((err = cudaMemsetAsync(ws.plane_max, 0, planes * sizeof(int), stream)) != cudaSuccess) return err;
-  drs_plane_max_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(x, size, grid, ws.plane_max);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  drs_forward_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(x, gate, delta, out, size, grid,
-                                                                    ws.plane_max);
-  return cudaGetLastError();
+  if (chunked && (err = cudaMemsetAsync(ws.plane_max, 0, planes * sizeof(int), stream)) !=
+                     cudaSuccess)
+    return err;
+  for (int64_t p0 = 0; p0 < planes; p0 += l.planes_per_launch) {
+    const int64_t n = planes - p0 < l.planes_per_launch ? planes - p0 : l.planes_per_launch;
+    const T* xs = x + p0 * size;
+    const T* gs = advance(gate, p0);
+    T* os = out + p0 * size;
+    const unsigned blocks = static_cast<unsigned>(n * l.chunk.chunks);
+    if (!chunked) {
+      drs_forward_plane_kernel<T><<<blocks, l.threads, l.dynamic_smem, stream>>>(xs, gs, delta, os,
+                                                                                size);
+    } else {
+      drs_plane_max_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(xs, size, l.chunk,
+                                                                          ws.plane_max + p0);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+      drs_forward_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(
+          xs, gs, delta, os, size, l.chunk, ws.plane_max + p0);
+    }
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 template <typename T>
 cudaError_t backward_impl(const T* grad_out, const T* x, const T* gate, float delta, T* grad_x,
                           T* grad_gate, int64_t planes, int64_t size, void* workspace, int device,
                           cudaStream_t stream) {
-  cudaError_t err;
-  const size_t smem = plane_smem_bytes(size, sizeof(T), device, &err);
+  drs::Launch l;
+  cudaError_t err = plan_for(drs_backward_plane_kernel<T>, planes, size, sizeof(T), device, &l);
   if (err != cudaSuccess) return err;
-  if (smem > 0) {
-    if ((err = allow_smem(drs_backward_plane_kernel<T>, smem)) != cudaSuccess) return err;
-    drs_backward_plane_kernel<T><<<static_cast<unsigned>(planes), plane_threads(size), smem, stream>>>(
-        grad_out, x, gate, delta, grad_x, grad_gate, size);
-    return cudaGetLastError();
-  }
-  const ChunkGrid grid = chunk_grid(size);
-  const unsigned blocks = static_cast<unsigned>(planes * grid.chunks);
+  const bool chunked = l.path == drs::Path::kChunk;
   Workspace ws = carve(workspace, planes);
-  if ((err = cudaMemsetAsync(ws.plane_max, 0, planes * sizeof(int), stream)) != cudaSuccess) return err;
-  // 0x7f in every byte: a sentinel index larger than any plane position.
-  if ((err = cudaMemsetAsync(ws.first_argmax, 0x7f, planes * sizeof(int), stream)) != cudaSuccess)
-    return err;
-  drs_plane_max_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(x, size, grid, ws.plane_max);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  drs_backward_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(
-      grad_out, x, gate, delta, grad_x, size, grid, ws.plane_max, ws.first_argmax,
-      ws.partial_grad_t);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  const unsigned finish_blocks = static_cast<unsigned>((planes + 255) / 256);
-  drs_backward_finish_kernel<T><<<finish_blocks, 256, 0, stream>>>(
-      gate, delta, grad_x, grad_gate, planes, size, grid, ws.plane_max, ws.first_argmax,
-      ws.partial_grad_t);
+  if (chunked) {
+    if ((err = cudaMemsetAsync(ws.plane_max, 0, planes * sizeof(int), stream)) != cudaSuccess)
+      return err;
+    if ((err = cudaMemsetAsync(ws.first_argmax, 0x7f, planes * sizeof(int), stream)) != cudaSuccess)
+      return err;
+  }
+  for (int64_t p0 = 0; p0 < planes; p0 += l.planes_per_launch) {
+    const int64_t n = planes - p0 < l.planes_per_launch ? planes - p0 : l.planes_per_launch;
+    const T* gos = grad_out + p0 * size;
+    const T* xs = x + p0 * size;
+    const T* gs = advance(gate, p0);
+    T* gxs = grad_x + p0 * size;
+    const unsigned blocks = static_cast<unsigned>(n * l.chunk.chunks);
+    if (!chunked) {
+      drs_backward_plane_kernel<T><<<blocks, l.threads, l.dynamic_smem, stream>>>(
+          gos, xs, gs, delta, gxs, advance(grad_gate, p0), size);
+    } else {
+      drs_plane_max_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(xs, size, l.chunk,
+                                                                          ws.plane_max + p0);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+      drs_backward_chunk_kernel<T><<<blocks, kChunkThreads, 0, stream>>>(
+          gos, xs, gs, delta, gxs, size, l.chunk, ws.plane_max + p0, ws.first_argmax + p0,
+          ws.partial_grad_t + p0 * l.chunk.chunks);
+    }
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  if (!chunked) return cudaSuccess;
+  const int64_t finish_blocks = (planes + 255) / 256;
+  drs_backward_finish_kernel<T><<<static_cast<unsigned>(finish_blocks < 65535 ? finish_blocks : 65535),
+                                  256, 0, stream>>>(gate, delta, grad_x, grad_gate, planes, size,
+                                                    l.chunk, ws.plane_max, ws.first_argmax,
+                                                    ws.partial_grad_t);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 size_t drs_workspace_bytes(int64_t planes, int64_t size, bool backward) {
-  const size_t per_plane = backward ? 2 * sizeof(int) + chunk_grid(size).chunks * sizeof(float)
+  const size_t per_plane = backward ? 2 * sizeof(int) + drs::chunk_grid(size).chunks * sizeof(float)
                                     : sizeof(int);
   return static_cast<size_t>(planes) * per_plane;
 }

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 
-def int_at_least(low: int):
-    """argparse ``type=`` for an integer >= ``low``."""
+def int_at_least(low: int, at_most: int | None = None):
+    """argparse ``type=`` for an integer >= ``low`` (and <= ``at_most``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -14,19 +16,65 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {value}")
         return value
     return parse
 
 
 def positive_float(text: str) -> float:
-    """argparse ``type=`` for a number > 0."""
+    """argparse ``type=`` for a finite number > 0."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type=`` for a number >= 0."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse ``type=`` for a probability p with 0 <= p < 1 (e.g. dropout)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if math.isnan(value) or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+class Ordered(argparse.Action):
+    """``nargs=2`` action whose two values must be in non-decreasing order
+    (a LOW HIGH range)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] > values[1]:
+            raise argparse.ArgumentError(self, f"{values[0]} is larger than {values[1]}; give LOW HIGH")
+        setattr(namespace, self.dest, values)
+
+
+def output_dir(text: str) -> Path:
+    """argparse ``type=`` for an output folder: refused at once when it is a
+    file or cannot be created (see :func:`wsss_fast.storage.output_dir_problem`)."""
+    from ..storage import output_dir_problem
+
+    problem = output_dir_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -43,8 +91,14 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
 
 
+def add_device_flag(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--device, None unless given: resolve it with :func:`default_device`."""
+    p.add_argument("--device", default=None,
+                   help=f"torch device (default: cuda if available, else cpu{note})")
+
+
 def add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_flag(p)
     p.add_argument("--num-workers", type=int_at_least(0), default=None, metavar="N",
                    help="data-loading worker processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

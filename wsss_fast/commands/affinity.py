@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import (add_crf_backend_flag, add_device_flags, default_device, int_at_least, key_value,
-               positive_float)
+               non_negative_float, output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
                     "shards over torchrun ranks; CRFs run over a process pool.")
     _data(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--low-alpha", type=positive_float, default=4.0, metavar="A",
                    help="background exponent of the confident-foreground CRF (default 4)")
     p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
                     "ImageNet weights). Writes final.pt, checkpoints and log.jsonl to --out.")
     _data(p)
     p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-aff-labels")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
     g.add_argument("--init", metavar="PATH",
@@ -73,8 +73,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--epochs", type=int_at_least(1), default=8)
     t.add_argument("--batch-size", type=int_at_least(1), default=8)
     t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--momentum", type=float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
+    t.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    t.add_argument("--momentum", type=non_negative_float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int_at_least(8), default=448, help="random square crop side (px)")
     t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
@@ -91,11 +91,12 @@ def add_parser(subparsers) -> None:
     _data(p)
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-aff final.pt or its folder")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label-map folder")
-    p.add_argument("--scores", type=Path, metavar="DIR", help="also write the propagated maps <name>.npz here")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label-map folder")
+    p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
     p.add_argument("--alpha", type=positive_float, default=16.0, help="background exponent (default 16)")
     p.add_argument("--beta", type=positive_float, default=8.0, help="affinity exponent (default 8; IRN 10)")
-    p.add_argument("--steps", type=int_at_least(0), default=256, help="walk steps (default 256 = 2^logt)")
+    p.add_argument("--steps", type=int_at_least(0, at_most=65536), default=256,
+                   help="walk steps, 0..65536 (default 256 = 2^logt)")
     p.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
     add_crf_backend_flag(p)
@@ -107,7 +108,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_make_labels(args: argparse.Namespace) -> None:
-    from ..affinity_labels import make_affinity_labels
+    from ..stages.affinity_labels import make_affinity_labels
     from ..data.voc import VOCRoot
 
     voc = VOCRoot(args.voc)
@@ -121,7 +122,7 @@ def run_make_labels(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from ..affinity_training import AugmentSettings, psa_train_config, train_affinity
+    from ..stages.affinity import AugmentSettings, psa_train_config, train_affinity
     from ..models.initial import BackboneInit
     from ..data.dataset import VOCSegmentation
 
@@ -143,7 +144,7 @@ def run_train(args: argparse.Namespace) -> None:
 def run_rw(args: argparse.Namespace) -> None:
     from ..data.voc import VOCRoot
     from ..models.checkpoints import load_affinity_net
-    from ..rw_stage import WalkSettings, run_random_walk
+    from ..stages.random_walk import WalkSettings, run_random_walk
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)
@@ -154,6 +155,6 @@ def run_rw(args: argparse.Namespace) -> None:
                               crf_backend=args.crf_backend, batch_size=args.batch_size,
                               device=default_device(args.device),
                               num_workers=2 if args.num_workers is None else args.num_workers,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, inputs={"model": args.model})
     print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "
           f"({summary['images_per_second']:.2f} images/s), {summary['skipped']} already done -> {args.out}")

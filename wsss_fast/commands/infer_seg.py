@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_crf_backend_flag, add_device_flags, default_device, int_at_least
+from . import add_crf_backend_flag, add_device_flags, default_device, int_at_least, output_dir
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-seg run folder or final.pt")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style root (images)")
     p.add_argument("--split", default="val", help="split name or list file (default val)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="label PNG folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label PNG folder")
     p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S[,S...]",
                    help="input scales, logits averaged (default 1.0, as the reference test; multi-scale: "
                         "0.5,0.75,1,1.25,1.5 with --flip)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     from ..distributed import world_size
     from ..eval import evaluate_label_dirs, format_table
     from ..models.checkpoints import load_deeplab
-    from ..segmentation import segment_split
+    from ..stages.segment import segment_split
 
     voc = VOCRoot(args.voc)
     model, meta = load_deeplab(args.model)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
                             device=default_device(args.device),
                             num_workers=2 if args.num_workers is None else args.num_workers,
                             crf_workers=args.crf_workers, crf_backend=args.crf_backend,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, inputs={"model": args.model})
     print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "
           f"{summary['skipped']} already done, in {args.out}")

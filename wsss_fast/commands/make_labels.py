@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
-    from ..pseudo_labels import ALPHA, CONFIDENT, SALIENCY_THRESHOLD, THRESHOLD
+    from ..stages.labels import ALPHA, CONFIDENT, SALIENCY_THRESHOLD, THRESHOLD
 
     p = subparsers.add_parser(
         "make-labels", help="pseudo labels (PNG) from CAMs: background threshold or DRS saliency rule",
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
                     "become 255. Existing PNGs are kept (resume); under torchrun the rest is split "
                     "over the ranks.")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz (make-cam)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of <name>.png")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder of <name>.png")
     p.add_argument("--names", type=Path, metavar="FILE",
                    help="split list of the images to label (default: every .npz of --cam)")
     p.add_argument("--threshold", type=float, default=THRESHOLD, metavar="T",
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..data.voc import parse_split_list
-    from ..pseudo_labels import make_labels
+    from ..stages.labels import make_labels
 
     names = parse_split_list(args.names) if args.names else None
     summary = make_labels(args.cam, args.out, names=names, threshold=args.threshold,

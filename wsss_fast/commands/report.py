@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import int_at_least
+from . import int_at_least, output_dir
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pred", type=Path, metavar="DIR", help="label-map PNGs <name>.png")
     p.add_argument("--eval-json", type=Path, metavar="FILE",
                    help="JSON of `wsss-fast eval`/`eval-cam`: its mIoU heads the page, its plots are shown")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="report folder")
     p.add_argument("--limit", type=int_at_least(1), default=50, metavar="N",
                    help="first N images of the split (default 50)")
     p.set_defaults(func=run)

@@ -18,7 +18,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, dotted keys, YAML values (e.g. stages.train-cls.epochs=2 out=runs/x)")
     p.add_argument("--check", action="store_true", help="only validate the config and print the stage commands")
-    p.set_defaults(func=run)
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="recompute STAGE and every stage after it (their outputs are deleted first); "
+                        "repeatable")
+    p.set_defaults(func=run, trailing_positionals="overrides")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -29,4 +32,4 @@ def run(args: argparse.Namespace) -> None:
     if args.check:
         print(describe(validate(config)))
         return
-    run_pipeline(config)
+    run_pipeline(config, force=args.force)

@@ -1,12 +1,13 @@
 """``wsss-fast train-cls``: trains the CAM, DRS or SC-CAM classifier with the
-reference settings of the method (see wsss_fast.classification.preset);
+reference settings of the method (see wsss_fast.stages.classify.preset);
 every setting has a flag."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import add_device_flags, default_device, int_at_least, key_value
+from . import (Ordered, add_device_flags, default_device, fraction, int_at_least, key_value,
+               non_negative_float, output_dir, positive_float)
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> None:
                     "checkpoint per epoch and log.jsonl to --out; --resume continues an interrupted run.")
     p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
     p.add_argument("--split", default="train_aug", help="training split name or list file (default train_aug)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", choices=("cam", "drs", "sccam"), default="cam")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
@@ -27,9 +28,9 @@ def add_parser(subparsers) -> None:
                         "weights); without it the backbone starts from random initialisation")
     g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option, repeatable (e.g. drs=delta, delta=0.55, width=32)")
-    g.add_argument("--dropout", type=float, help="feature dropout before the heads (cam/sccam: 0.5)")
+    g.add_argument("--dropout", type=fraction, help="feature dropout before the heads (cam/sccam: 0.5)")
     g.add_argument("--subcategories", type=int_at_least(0), metavar="K", help="SC-CAM sub-categories per class (10)")
-    g.add_argument("--sub-weight", type=float, metavar="LAMBDA", help="SC-CAM sub-category loss weight (5)")
+    g.add_argument("--sub-weight", type=non_negative_float, metavar="LAMBDA", help="SC-CAM sub-category loss weight (5)")
     g.add_argument("--rounds", type=int_at_least(0), default=None, metavar="R",
                    help="SC-CAM rounds after round 0 (sccam default 3; 0 trains one classifier)")
     g.add_argument("--init-from", choices=("imagenet", "previous"), default="imagenet",
@@ -38,16 +39,16 @@ def add_parser(subparsers) -> None:
     t = p.add_argument_group("optimisation (defaults: the method's reference values)")
     t.add_argument("--epochs", type=int_at_least(1))
     t.add_argument("--batch-size", type=int_at_least(1))
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--weight-decay", type=non_negative_float)
     t.add_argument("--optimizer", choices=("sgd", "adam"))
-    t.add_argument("--momentum", type=float)
+    t.add_argument("--momentum", type=non_negative_float)
     t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     t.add_argument("--schedule", choices=("poly", "step"))
     t.add_argument("--milestones", type=int, nargs="*", metavar="EPOCH")
     t.add_argument("--seed", type=int)
     t.add_argument("--crop", type=int_at_least(1), help="random square crop side (px)")
-    t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
+    t.add_argument("--resize-long", type=int_at_least(1), nargs=2, action=Ordered, metavar=("MIN", "MAX"),
                    help="random long-side resize range (px)")
     t.add_argument("--resize-short", type=int_at_least(1), metavar="S", help="set the short side to S (px)")
     t.add_argument("--no-jitter", action="store_true", help="no colour jitter")
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> None:
 
 
 def preset_from_args(args: argparse.Namespace):
-    from ..classification import override, preset
+    from ..stages.classify import override, preset
 
     p = preset(args.method)
     options = dict(args.backbone_option)
@@ -80,7 +81,7 @@ def preset_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..classification import train_classifier
+    from ..stages.classify import train_classifier
     from ..data.dataset import VOCSegmentation
     from ..errors import UsageError
 

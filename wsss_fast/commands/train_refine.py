@@ -1,10 +1,10 @@
-"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.refine)."""
+"""``wsss-fast train-refine``: DRS refinement learning (see wsss_fast.stages.refine)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import int_at_least
+from . import add_device_flag, default_device, int_at_least, output_dir, positive_float
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="its CAMs of --split (make-cam with the drs preset)")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style dataset root")
     p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--init", choices=("imagenet", "classifier"), default="imagenet",
                    help="backbone initialisation: ImageNet weights from --weights (default, as the "
                         "reference) or the classifier's backbone")
@@ -32,13 +32,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int_at_least(1), metavar="N", help="override the schedule's epochs")
     p.add_argument("--decay-at", type=int_at_least(1), nargs="+", metavar="E",
                    help="override the schedule's decay epochs (1-based: lr x0.1 from epoch E on)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int_at_least(1), default=5, metavar="N", help="default 5")
-    p.add_argument("--size", type=int_at_least(8), default=320, metavar="S",
+    p.add_argument("--size", type=int_at_least(8, at_most=2048), default=320, metavar="S",
                    help="input side: images and maps squashed to S x S (default 320)")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N",
                    help="data loading processes (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the order and augmentations (default 0)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -47,13 +47,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..refine import SCHEDULES, train_refine
+    from ..stages.refine import SCHEDULES, train_refine
 
     epochs, decay_at = SCHEDULES[args.schedule]
     final = train_refine(args.classifier, args.voc, args.split, args.cams, args.out, init=args.init,
                          weights=args.weights, epochs=args.epochs or epochs,
                          decay_at=args.decay_at or decay_at,
                          lr=args.lr, batch_size=args.batch_size, size=args.size, num_workers=args.workers,
-                         device=args.device, seed=args.seed, amp=not args.no_amp, resume=args.resume,
-                         progress=not args.no_progress)
+                         device=default_device(args.device), seed=args.seed, amp=not args.no_amp,
+                         resume=args.resume, progress=not args.no_progress)
     print(f"train-refine: wrote {final}")

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_device_flags, default_device, int_at_least, key_value, positive_float
+from . import (add_device_flags, default_device, int_at_least, key_value, non_negative_float, output_dir,
+               positive_float)
 
 
 def _scale_range(text: str) -> tuple[float, float]:
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
     p.add_argument("--labels", type=Path, required=True, metavar="DIR",
                    help="label PNGs <name>.png for every image of the split (pseudo labels; 255 ignored)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="run folder")
     p.add_argument("--head", choices=("aspp", "largefov"), default="aspp", help="segmentation head (default aspp)")
     p.add_argument("--backbone", metavar="NAME",
                    help="registry backbone (default: resnet101 for aspp, vgg16_d1 without DRS and without "
@@ -49,7 +50,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=10, metavar="N", help="default 10")
     p.add_argument("--lr", type=positive_float, default=2.5e-4, help="base learning rate (default 2.5e-4; "
                    "x10 for the head)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="default 5e-4")
     p.add_argument("--crop", type=int_at_least(8), default=321, metavar="PX", help="crop side (default 321)")
     p.add_argument("--scale-range", type=_scale_range, default=(0.5, 1.5), metavar="LOW,HIGH",
                    help="random rescale factor range (default 0.5,1.5)")
@@ -62,8 +63,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from ..segmentation import TRAIN_DEFAULTS, train_segmentation
-    from ..segmentation.train import ITERATIONS
+    from ..stages.segment import TRAIN_DEFAULTS, train_segmentation
+    from ..stages.segment.train import ITERATIONS
 
     if args.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")

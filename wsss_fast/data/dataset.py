@@ -31,8 +31,9 @@ class VOCSegmentation(Dataset):
     Args:
         root: a VOC root or an already opened :class:`VOCRoot`.
         split: split name or list-file path (see :meth:`VOCRoot.split`).
-        labels: attach image-level labels (from ``cls_labels.npy``, derived from
-            the masks and cached when missing).
+        labels: attach image-level labels (from the label cache or the
+            references' ``cls_labels.npy``, else derived from the masks and
+            cached; see :meth:`VOCRoot.image_labels`).
         masks: attach the ground-truth mask.
         on_corrupt: "stop" raises CorruptImageError (a DataError the CLI
             reports in one line); "skip" warns with CorruptImageWarning and

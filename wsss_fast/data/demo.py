@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..palette import VOID
-from ..storage import (atomic_output, load_label_png, save_label_png, save_npy_atomic,
-                       write_bytes_atomic, write_text_atomic)
-from .voc import CLASS_NAMES_FILE, CLS_LABELS_FILE, labels_from_mask
+from ..storage import (atomic_output, load_label_png, save_label_png, write_bytes_atomic,
+                       write_text_atomic)
+from . import cls_labels
+from .voc import CLASS_NAMES_FILE, labels_from_mask
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 ASSET_PATH = ASSET_DIR / "fashion_mnist_subset.npz"
@@ -143,7 +144,7 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_train: int = 2000, n_val: in
     """Writes the demo dataset in the VOC layout under ``out_dir``::
 
         JPEGImages/<split>_<index>.jpg, SegmentationClass/<split>_<index>.png,
-        ImageSets/Segmentation/{train,val}.txt, cls_labels.npy,
+        ImageSets/Segmentation/{train,val}.txt, cls_labels.npz,
         class_names.txt, LICENSE-fashion-mnist.txt, demo_settings.json
 
     Scenes whose image and mask already exist are kept (resume); resuming
@@ -187,7 +188,7 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_train: int = 2000, n_val: in
             labels[name] = labels_from_mask(mask, len(FASHION_MNIST_CLASSES))
         write_text_atomic(root / "ImageSets" / "Segmentation" / f"{split}.txt",
                           "".join(f"{n}\n" for n in names))
-    save_npy_atomic(root / CLS_LABELS_FILE, labels)
+    cls_labels.write_cache(root / cls_labels.CACHE_FILE, labels)
     write_text_atomic(root / CLASS_NAMES_FILE, "".join(f"{n}\n" for n in CLASS_NAMES))
     write_bytes_atomic(root / LICENSE_PATH.name, LICENSE_PATH.read_bytes())
     return {"root": str(root), "num_images": {"train": n_train, "val": n_val},

@@ -11,17 +11,23 @@ accepted too)::
                                         train, val and the train_aug list of
                                         the references ship with wsss_fast,
                                         see data/splits/README.md)
-    cls_labels.npy                      image-level labels cache (written here)
+    cls_labels.npz                      image-level labels cache (wsss-fast's; written
+                                        here when the root is writable, else in
+                                        the user cache, see data/cls_labels.py)
+    cls_labels.npy                      optional: the references' labels (read-only)
     class_names.txt                     optional: one class name per line,
                                         background first (default: VOC's 21)
 
 Image-level labels are the classes present in a mask (excluding 0 and 255),
-as a float32 multi-hot over the C object classes; they are cached in
-``cls_labels.npy`` as the reference code ships them (a pickled dict name ->
-(C,) multi-hot; IRN's integer names such as 2007000032 are read as well).
+as a float32 multi-hot over the C object classes. They are read from the
+cache, else from the references' ``cls_labels.npy`` (a pickled dict name ->
+(C,) multi-hot, IRN's integer names such as 2007000032 included, read
+without running code: :mod:`wsss_fast.data.cls_labels`), else derived from
+the masks and cached. The dataset root is never required to be writable.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
@@ -34,12 +40,12 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..palette import VOC_CLASSES, VOID
-from ..storage import load_label_png, save_npy_atomic
+from ..storage import eight_bit, load_label_png
+from . import cls_labels
 
 MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
 BUNDLED_SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 BUNDLED_SPLITS = ("train", "val", "train_aug")
-CLS_LABELS_FILE = "cls_labels.npy"
 CLASS_NAMES_FILE = "class_names.txt"
 
 
@@ -60,26 +66,6 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     hot = np.zeros(num_classes, dtype=np.float32)
     hot[values.astype(np.int64) - 1] = 1.0
     return hot
-
-
-def _name_from_key(key) -> str:
-    """cls_labels keys: 'YYYY_NNNNNN' strings (PSA) or ints YYYYNNNNNN (IRN)."""
-    if isinstance(key, (int, np.integer)):
-        text = str(int(key))
-        return f"{text[:4]}_{text[4:]}"
-    return str(key)
-
-
-def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a ``cls_labels.npy`` dict; returns name -> float32 multi-hot."""
-    path = Path(path)
-    try:
-        raw = np.load(path, allow_pickle=True).item()
-    except Exception as exc:  # a damaged or foreign .npy
-        raise DataError(f"unreadable image-label cache '{path.name}' in {path.parent}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DataError(f"image-label cache {path} does not hold a dict")
-    return {_name_from_key(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
 
 
 def _split_name(token: str) -> str:
@@ -187,14 +173,16 @@ class VOCRoot:
             raise DataError(f"missing images {shown}{more} in {self.image_dir}")
 
     def load_image(self, name: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB. Raises DataError if the file is missing or
-        unreadable, CorruptImageError if it does not decode."""
+        """(H, W, 3) uint8 RGB (16-bit images scaled to 8 bits, see
+        :func:`wsss_fast.storage.eight_bit`). Raises DataError if the file is
+        missing, unreadable or of unknown range, CorruptImageError if it
+        does not decode."""
         path = self.image_path(name)
         if not path.is_file():
             raise DataError(f"missing image '{path.name}' in {path.parent}")
         try:
             with Image.open(path) as image:
-                return np.array(image.convert("RGB"))
+                return np.array(eight_bit(image, path).convert("RGB"))
         except PermissionError as exc:
             raise DataError(f"unreadable image '{path.name}' in {path.parent}: {exc}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
@@ -204,13 +192,29 @@ class VOCRoot:
         """(H, W) uint8 class indices, 255 void."""
         return load_label_png(self.mask_path(name))
 
+    def label_cache_path(self) -> Path:
+        """Where this root's image-label cache is: ``<root>/cls_labels.npz``
+        when it exists there or the root is writable, else the user cache
+        (:func:`wsss_fast.data.cls_labels.user_cache_path`)."""
+        own = self.root / cls_labels.CACHE_FILE
+        user = cls_labels.user_cache_path(self.root)
+        if own.is_file() or (not user.is_file() and os.access(self.root, os.W_OK)):
+            return own
+        return user
+
     def image_labels(self, names: Sequence[str], *, cache: bool = True,
                      progress: bool = True) -> dict[str, np.ndarray]:
-        """name -> (C,) float32 multi-hot for every name, from ``cls_labels.npy``
-        where it has the name, else from the mask (then added to the cache,
-        which is rewritten atomically when ``cache``)."""
-        cache_path = self.root / CLS_LABELS_FILE
-        known = load_cls_labels(cache_path) if cache_path.is_file() else {}
+        """name -> (C,) float32 multi-hot for every name: from the cache (see
+        :meth:`label_cache_path`), the references' ``cls_labels.npy`` or the
+        masks; labels derived from masks are added to the cache when
+        ``cache`` (in the user cache when the root refuses the write)."""
+        cache_path = self.label_cache_path()
+        known: dict[str, np.ndarray] = {}
+        reference = self.root / cls_labels.REFERENCE_FILE
+        if reference.is_file():
+            known.update(cls_labels.read_reference_labels(reference))
+        if cache_path.is_file():
+            known.update(cls_labels.read_cache(cache_path))
         todo = [n for n in names if n not in known]
         for name in tqdm(todo, desc="image labels from masks", unit="mask",
                          disable=not progress or len(todo) < 100):
@@ -221,8 +225,17 @@ class VOCRoot:
                 raise DataError(f"mask '{path.name}' in {path.parent}: {exc}") from exc
         bad = [n for n in names if known[n].shape != (self.num_classes,)]
         if bad:
-            raise DataError(f"{cache_path}: labels of '{bad[0]}' have shape {known[bad[0]].shape}, "
-                            f"expected ({self.num_classes},) for {self.num_classes} classes")
+            raise DataError(f"image labels of '{bad[0]}' have shape {known[bad[0]].shape}, "
+                            f"expected ({self.num_classes},) for {self.num_classes} classes "
+                            f"(from {cache_path if cache_path.is_file() else reference})")
         if todo and cache:
-            save_npy_atomic(cache_path, known)
+            self._write_label_cache(cache_path, known)
         return {n: known[n] for n in names}
+
+    def _write_label_cache(self, path: Path, labels: dict[str, np.ndarray]) -> None:
+        try:
+            cls_labels.write_cache(path, labels)
+        except OSError as exc:  # e.g. a read-only mount, or root's chmod that os.access ignores
+            if path.parent != self.root or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            cls_labels.write_cache(cls_labels.user_cache_path(self.root), labels)

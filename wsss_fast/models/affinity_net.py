@@ -95,7 +95,7 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     Args:
         aff: (B, P, H, W) affinities in [0, 1].
         bg_pos, fg_pos, neg: (B, P, H, W) bool pair masks
-            (:func:`wsss_fast.affinity_labels.pair_labels`).
+            (:func:`wsss_fast.stages.affinity_labels.pair_labels`).
 
     Returns:
         (loss, metrics): bg_loss = sum over bg_pos of -log(aff + 1e-5), divided

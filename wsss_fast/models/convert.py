@@ -29,6 +29,7 @@ moving_mean -> running_mean, moving_var -> running_var); ``bn7_*`` ->
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -93,7 +94,10 @@ def _read_ndarray(r: _Reader) -> np.ndarray | None:
     if any(d < 0 for d in shape):
         raise WeightsError(f"{r.origin}: array of unknown shape {shape}")
     np_dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: numpy's int64 product would wrap for a crafted shape
+    if count * np_dtype.itemsize > len(r.data) - r.pos:
+        raise WeightsError(f"{r.origin}: array of shape {tuple(shape)} is larger than the rest of the file "
+                           "(truncated or not an MXNet file)")
     raw = r.take(count * np_dtype.itemsize)
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
 

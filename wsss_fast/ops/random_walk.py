@@ -20,6 +20,7 @@ from ..reference import random_walk as reference
 
 __all__ = ["random_walk"]
 
+STEPS_PER_CALL = 64  # steps per operator call (interruptible between calls)
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32,)
 _NOT_DIFFERENTIABLE = ("wsss_fast.ops.random_walk is not differentiable (PSA and IRN use it "
@@ -60,12 +61,21 @@ def random_walk(cam: torch.Tensor, aff: torch.Tensor, radius: int, beta: float =
         convex combination of the input maps.
 
     Not differentiable: raises RuntimeError if grad mode is on and cam or aff
-    requires grad.
+    requires grad. Interruptible: the steps run as operator calls of
+    :data:`STEPS_PER_CALL` steps each, so Ctrl-C stops a long walk.
     """
     radius, border = _check(cam, aff, radius, beta, n_steps, border)
     if not _backend.use_kernel("random_walk", cam.device.type):
         return reference(cam, aff, radius, float(beta), int(n_steps), border)
-    return torch.ops.wsss_fast.random_walk(cam, aff, radius, float(beta), int(n_steps), border)
+    # Chunks of STEPS_PER_CALL steps: Python sees Ctrl-C between calls, and
+    # the steps are the same arithmetic as one call (the operator rebuilds the
+    # same transition weights from aff each call), so the result is identical.
+    out = torch.ops.wsss_fast.random_walk(cam, aff, radius, float(beta), min(int(n_steps), STEPS_PER_CALL),
+                                          border)
+    for done in range(STEPS_PER_CALL, int(n_steps), STEPS_PER_CALL):
+        out = torch.ops.wsss_fast.random_walk(out, aff, radius, float(beta),
+                                              min(int(n_steps) - done, STEPS_PER_CALL), border)
+    return out
 
 
 def _check(cam, aff, radius, beta, n_steps, border) -> tuple[int, str]:

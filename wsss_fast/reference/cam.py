@@ -3,7 +3,7 @@ scripts run it (PSA's and SC-CAM's infer_cls.py; DRS's test_cls.py,
 localization_map_gen.py and pseudo_seg_label_gen.py): each pass is its own
 forward of a single image, brought to the image size, masked by the label
 and accumulated in numpy. The ground truth of the batched engine
-(:mod:`wsss_fast.cam`) and the baseline of benchmarks/bench_cam.py.
+(:mod:`wsss_fast.stages.cam`) and the baseline of benchmarks/bench_cam.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cam import CamSettings
+from ..inference import CamSettings
 
 
 def _inputs(image: torch.Tensor, settings: CamSettings) -> list[torch.Tensor]:
@@ -35,7 +35,7 @@ def cam_loop(maps_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tenso
         maps_fn: (1, 3, h, w) -> (1, C, h', w') class maps (a model's ``class_maps``).
         image: (3, H, W) normalised image.
         label: (C,) multi-hot image label.
-        settings: the procedure (see :class:`wsss_fast.cam.CamSettings`).
+        settings: the procedure (see :class:`wsss_fast.inference.CamSettings`).
 
     Returns:
         (C, H, W) float32; channels of classes absent from the label are 0.

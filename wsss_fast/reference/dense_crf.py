@@ -185,15 +185,12 @@ class Lattice:
         (barycentric, times 1 / (1 + 2^-d)). values: (N, K) float32."""
         n, k = values.shape
         table = values.new_zeros(self.size + 1, k)
-        for r in range(self.vertex.shape[1]):
-            table.index_add_(0, self.vertex[:, r], self.weight[:, r:r + 1] * values)
+        table.index_add_(0, self.vertex.reshape(-1),
+                         (self.weight[:, :, None] * values[:, None, :]).reshape(-1, k))
         for nb in self.neighbours:
             table = torch.cat([table[:-1] + 0.5 * (table[nb[:, 0]] + table[nb[:, 1]]),
                                table[-1:]])
-        out = values.new_zeros(n, k)
-        for r in range(self.vertex.shape[1]):
-            out = out + (self.weight[:, r:r + 1] * self.alpha) * table[self.vertex[:, r]]
-        return out
+        return ((self.weight * self.alpha)[:, :, None] * table[self.vertex]).sum(1)
 
 
 def _encode_keys(keys: torch.Tensor, d1: int | None, lo=None, radix=None):

@@ -1,11 +1,17 @@
 """Training AffinityNet (``wsss-fast train-aff``; PSA's train_aff).
 
+Reads the images of a split, the low/high-alpha CRF score maps of
+``make-aff-labels`` (``<labels>/la``, ``<labels>/ha``) and optional initial
+weights (ImageNet file or a classifier's final.pt); writes the training run
+folder (``final.pt``, ``checkpoint.pt``, ``log.jsonl``, see
+:mod:`wsss_fast.training`).
+
 Each training item is an image with its low/high-alpha CRF marginals from
-:func:`wsss_fast.affinity_labels.make_affinity_labels`; the augmentation crops
+:func:`wsss_fast.stages.affinity_labels.make_affinity_labels`; the augmentation crops
 and flips them together, block-averages the marginals to the network's grid
-and turns them into a label map (:func:`~wsss_fast.affinity_labels.label_from_scores`);
+and turns them into a label map (:func:`~wsss_fast.stages.affinity_labels.label_from_scores`);
 the loss builds the labelled pairs of each batch on the device
-(:func:`~wsss_fast.affinity_labels.pair_labels`) and applies
+(:func:`~wsss_fast.stages.affinity_labels.pair_labels`) and applies
 :func:`~wsss_fast.models.affinity_net.affinity_loss`.
 
 PSA's defaults (train_aff.py): batch 8, 8 epochs, SGD lr 0.1 with poly 0.9
@@ -25,12 +31,12 @@ import numpy as np
 import torch
 
 from .affinity_labels import label_from_scores, label_paths, load_label_scores, pair_labels
-from .data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
-from .errors import DataError, UsageError
-from .models.affinity_net import AffinityNet, affinity_loss, default_head_norm
-from .models.initial import BackboneInit, initial_backbone
-from .training import EpochDataset, Trainer, TrainConfig
-from .transforms import TrainAugment
+from ..data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
+from ..errors import DataError, UsageError
+from ..models.affinity_net import AffinityNet, affinity_loss, default_head_norm
+from ..models.initial import BackboneInit, initial_backbone
+from ..training import EpochDataset, Trainer, TrainConfig
+from ..transforms import TrainAugment
 
 
 def psa_train_config(**changes) -> TrainConfig:
@@ -130,7 +136,7 @@ def train_affinity(images: VOCSegmentation, label_dir: str | os.PathLike, out_di
     ``head_norm``, ``stride``, ``border``, ``init``, ``augment``),
     checkpoints and log.jsonl to ``out_dir`` and returns the final.pt path.
     ``border`` picks the labelled pairs
-    (:func:`~wsss_fast.affinity_labels.pair_labels`)."""
+    (:func:`~wsss_fast.stages.affinity_labels.pair_labels`)."""
     cfg = cfg or psa_train_config()
     augment = augment or AugmentSettings()
     dataset = AffinityLabelSet(images, label_dir)

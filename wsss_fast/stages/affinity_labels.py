@@ -1,5 +1,9 @@
 """AffinityNet's training labels (PSA; SPEC.md, "AffinityNet and random walk").
 
+Reads the CAM files of a split (``make-cam``) and the images; writes
+``<out>/la/<name>.npz`` and ``<out>/ha/<name>.npz`` (below), read back by
+the training stage (:mod:`wsss_fast.stages.affinity`) and by ``rw``.
+
 Three steps, as in PSA:
 
 1. :func:`make_affinity_labels` (``wsss-fast make-aff-labels``): for every
@@ -36,13 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .crf import imap_dense_crf
-from .data.voc import VOCRoot
-from .errors import DataError
-from .pairs import counted_sources, offsets
-from .palette import VOID
-from .storage import ScoreMap, load_scores, require_score_files, save_scores
+from .. import distributed
+from ..crf import imap_dense_crf
+from ..data.voc import VOCRoot
+from ..errors import DataError
+from ..pairs import counted_sources, offsets
+from ..palette import VOID
+from ..outputs import OutputFolder
+from ..storage import ScoreMap, load_scores, require_score_files, save_scores
 
 LOW, HIGH = "la", "ha"    # sub-folders of the low- and high-alpha CRF marginals
 ALPHAS = (4.0, 32.0)      # PSA's infer_cls defaults (paper: 4 and 24)
@@ -124,13 +129,25 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     if not 0 < low < high:
         raise DataError(f"affinity labels need 0 < low alpha < high alpha, got {low} and {high}")
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
-    todo = [n for n in names if not all(p.is_file() for p in label_paths(out_dir, n))]
-    skipped = len(names) - len(todo)
-    distributed.barrier()  # every rank has listed the pending images before anyone writes
-    todo = distributed.shard(todo)
-    require_score_files(cam_dir, todo)
-    voc.check_images(todo)
-    start = time.perf_counter()
+    with OutputFolder(out_dir, "make-aff-labels", {"alphas": [low, high], "crf": crf, "encoding": encoding},
+                      {"cam": cam_dir}) as folder:
+        todo = folder.pending(names, lambda name: label_paths(out_dir, name))
+        skipped = len(names) - len(todo)
+        distributed.barrier()  # every rank has listed the pending images before anyone writes
+        todo = distributed.shard(todo)
+        require_score_files(cam_dir, todo)
+        voc.check_images(todo)
+        start = time.perf_counter()
+        _write_affinity_labels(voc, todo, cam_dir, out_dir, (low, high), crf, encoding, progress,
+                               {"backend": crf_backend, "device": device, "workers": workers})
+    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def _write_affinity_labels(voc: VOCRoot, todo: Sequence[str], cam_dir: Path, out_dir: Path,
+                           alphas: tuple[float, float], crf: str, encoding: str, progress: bool,
+                           crf_options: dict) -> None:
+    """crf_options: backend, device and workers of :func:`imap_dense_crf`."""
+    low, high = alphas
     keys_of: deque[np.ndarray] = deque()  # filled as the jobs are read
 
     def jobs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -142,8 +159,7 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
             yield image, crf_inputs(cams, low)
             yield image, crf_inputs(cams, high)
 
-    results = imap_dense_crf(jobs(), crf, backend=crf_backend, device=device, workers=workers,
-                             total=2 * len(todo), progress=progress)
+    results = imap_dense_crf(jobs(), crf, total=2 * len(todo), progress=progress, **crf_options)
     try:
         for name in todo:
             marginals = next(results), next(results)
@@ -152,7 +168,6 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
                 save_scores(path, keys, q, encoding=encoding)
     finally:
         results.close()  # stops the process pool
-    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
 def load_label_scores(out_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,10 @@
 "SC-CAM"): the references' defaults per method, the loss, and SC-CAM's
 rounds of feature clustering and retraining.
 
+Reads the images and image labels of a split and optional initial weights
+(a backbone's ImageNet file, or the previous round for SC-CAM); writes the
+run folder described below.
+
 Outputs of a run in ``out_dir``:
     final.pt                 the trained classifier (wsss_fast.training
                              payload; metadata says how to rebuild it)
@@ -26,14 +30,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import distributed
-from .data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
-from .errors import UsageError
-from .inference import batches_by_size, image_sizes
-from .models import Classifier, build_backbone
-from .storage import atomic_output, write_text_atomic
-from .training import FINAL, EpochDataset, Trainer, TrainConfig, load_final
-from .transforms import TrainAugment, normalize
+from .. import distributed
+from ..data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
+from ..errors import UsageError
+from ..inference import batches_by_size, image_sizes
+from ..models import Classifier, build_backbone
+from ..storage import atomic_output, write_text_atomic
+from ..training import FINAL, EpochDataset, Trainer, TrainConfig, load_final
+from ..transforms import TrainAugment, normalize
 
 METHODS = ("cam", "drs", "sccam")
 
@@ -193,7 +197,7 @@ def _cluster(model_path: Path, dataset: VOCSegmentation, out_dir: Path, path: Pa
              seed: int, batch_size: int, device: str, num_workers: int, progress: bool) -> None:
     """Writes ``path`` (names, sub-labels (N, C*K) float32, cluster sizes,
     inertia) and subcategories.json (the same statistics per class)."""
-    from .models.checkpoints import load_classifier
+    from ..models.checkpoints import load_classifier
     from .sccam import subcategory_labels
 
     model = load_classifier(model_path)

@@ -1,5 +1,9 @@
 """Pseudo segmentation labels from CAM files (SPEC.md, "CAM" and "DRS").
 
+Reads the CAM files of a split (``make-cam``, or the propagated maps of
+``rw``) and optionally a folder of saliency maps (8-bit PNGs); writes one
+label PNG per image (below).
+
 Two rules, per pixel, on the maps of the classes of the image label (those a
 CAM file holds; any other class counts as 0):
 
@@ -28,11 +32,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UsageError
-from .eval import cam_to_label, names_in
-from .palette import VOID
-from .parallel import ordered_map
-from .storage import ScoreMap, load_scores, save_label_png
+from ..errors import DataError, UsageError
+from ..eval import cam_to_label, names_in
+from ..palette import VOID
+from ..parallel import ordered_map
+from ..outputs import OutputFolder
+from ..storage import ScoreMap, eight_bit, load_scores, save_label_png
 
 THRESHOLD = 0.15           # background score without saliency (SC-CAM, IRN; PSA 0.2)
 ALPHA = 0.2                # DRS: object cue
@@ -73,13 +78,14 @@ def saliency_labels(scores: ScoreMap, saliency: np.ndarray, *, alpha: float = AL
 
 def load_saliency(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8 saliency map of a PNG (grey levels 0..255; colour images
-    are converted to grey). Raises DataError naming the file."""
+    are converted to grey, 16-bit ones scaled to 8 bits). Raises DataError
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing saliency map '{path.name}' in {path.parent}")
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("L"), dtype=np.uint8)
+            return np.array(eight_bit(image, path).convert("L"), dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable saliency map '{path.name}' in {path.parent}: {exc}") from exc
 
@@ -92,13 +98,13 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
     ``cam_dir``) that lacks one: by saliency when ``saliency_dir`` is given
     (``<saliency_dir>/<name>.png``), else by the background threshold.
     Under torchrun the pending names are split over the ranks (as in
-    :func:`wsss_fast.cam.make_cams`).
+    :func:`wsss_fast.stages.cam.make_cams`).
 
     Returns a dict with ``written`` (names), ``skipped`` and ``seconds``.
     """
     from tqdm import tqdm
 
-    from .distributed import barrier, shard
+    from ..distributed import barrier, shard
 
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
@@ -106,10 +112,10 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
     names = list(names) if names is not None else names_in(cam_dir, ".npz")
     if not names:
         raise UsageError("no images to label (the name list is empty)")
-    pending = [n for n in names if not (out_dir / f"{n}.png").is_file()]
-    barrier()  # every rank has listed the pending names before anyone writes
-    mine = shard(pending)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rule = ({"rule": "threshold", "threshold": threshold} if saliency_dir is None else
+            {"rule": "saliency", "alpha": alpha, "saliency_threshold": saliency_threshold,
+             "confident": confident})
+    inputs = {"cam": cam_dir} if saliency_dir is None else {"cam": cam_dir, "saliency": saliency_dir}
 
     def one(name: str) -> str:
         scores = by_class(load_scores(cam_dir / f"{name}.npz"))
@@ -125,8 +131,12 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
         save_label_png(out_dir / f"{name}.png", label)
         return name
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        written = list(tqdm(ordered_map(pool, one, mine, ahead=2 * workers), total=len(mine),
-                            desc="make-labels", unit="img", disable=not progress))
+    with OutputFolder(out_dir, "make-labels", rule, inputs) as folder:
+        pending = folder.pending(names, lambda name: [out_dir / f"{name}.png"])
+        barrier()  # every rank has listed the pending names before anyone writes
+        mine = shard(pending)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            written = list(tqdm(ordered_map(pool, one, mine, ahead=2 * workers), total=len(mine),
+                                desc="make-labels", unit="img", disable=not progress))
     return {"written": written, "skipped": len(names) - len(pending), "seconds": time.perf_counter() - start}

@@ -2,7 +2,12 @@
 batched over same-sized images, normalised, kept for the classes of each
 image's label, one ``<name>.npz`` per image (:mod:`wsss_fast.storage`).
 
-Two reference procedures (presets of :class:`CamSettings`):
+Reads a trained classifier or refinement network (final.pt) and the images
+and image labels of a split; writes ``<out>/<name>.npz`` per image (the maps
+of the image's classes) and ``<out>/provenance.json`` (the procedure and the
+model it was made with; :mod:`wsss_fast.outputs`).
+
+Two reference procedures (presets of :class:`wsss_fast.inference.CamSettings`):
 
 ``psa`` (PSA's and SC-CAM's infer_cls.py): the image at scales 1.0, 0.5,
 1.5, 2.0 of its size, each also mirrored (8 passes); per pass
@@ -32,11 +37,10 @@ image are copied out. The result equals a one-image-at-a-time loop
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,53 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsageError
-from .inference import FUSES, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
-from .storage import ENCODINGS, save_scores, write_text_atomic
-from .transforms import normalize
+from ..errors import UsageError
+from ..outputs import OutputFolder
+from ..inference import CamSettings, batches_by_size, image_sizes, multiscale_maps, shard_by_batch
+from ..storage import ENCODINGS, save_scores
+from ..transforms import normalize
 
-SETTINGS_FILE = "cam_settings.json"  # the settings a CAM folder was made with
-
-
-@dataclass(frozen=True)
-class CamSettings:
-    """How the passes of one image are made and fused.
-
-    scales: input scale factors (PSA), or empty when ``sizes`` is given.
-    sizes: square input sides in pixels (DRS), or empty.
-    flip: also run every input mirrored.
-    fuse: "sum" (then max-normalise) or "max" (of per-pass max-normalised maps).
-    align_corners: of the bilinear resizing of the maps to the image size.
-    normalize: max-normalise (classifier CAMs); False for the refinement
-        network's regressed maps, which are fused as they are ("sum" gives
-        their mean) and clamped at 0.
-    """
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    sizes: tuple[int, ...] = ()
-    flip: bool = True
-    fuse: str = "sum"
-    align_corners: bool = False
-    normalize: bool = True
-
-    def __post_init__(self):
-        if bool(self.scales) == bool(self.sizes):
-            raise UsageError("give either scales or sizes for CAM inference, not both or neither")
-        if any(not s > 0 for s in self.scales) or any(int(s) != s or s < 1 for s in self.sizes):
-            raise UsageError(f"scales must be positive and sizes positive integers, got "
-                             f"scales {list(self.scales)}, sizes {list(self.sizes)}")
-        if self.fuse not in FUSES:
-            raise UsageError(f"fuse must be one of {FUSES}, got {self.fuse!r}")
-
-    @property
-    def passes(self) -> int:
-        return len(self.scales or self.sizes) * (2 if self.flip else 1)
-
-    def describe(self) -> str:
-        """One line, e.g. "scales 1 0.5 1.5 2, flip, sum, align_corners False, max-normalised"."""
-        inputs = (f"scales {' '.join(f'{s:g}' for s in self.scales)}" if self.scales
-                  else f"sizes {' '.join(map(str, self.sizes))}")
-        return (f"{inputs}, {'flip' if self.flip else 'no flip'}, {self.fuse}, align_corners "
-                f"{self.align_corners}, {'max-normalised' if self.normalize else 'not normalised'}")
 
 
 PRESETS = {
@@ -188,26 +151,10 @@ def batch_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, set
     return out
 
 
-def check_settings_file(out_dir: Path, settings: CamSettings, extra: dict | None = None) -> None:
-    """Writes the settings (and ``extra`` facts, e.g. the model file) to the
-    CAM folder's cam_settings.json, or refuses to add to a folder made with
-    other settings (it would mix CAMs)."""
-    path = out_dir / SETTINGS_FILE
-    current = json.loads(json.dumps(asdict(settings)))
-    if path.is_file():
-        before = json.loads(path.read_text()).get("settings", {})
-        if before != current:
-            changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
-            raise UsageError(f"{out_dir} holds CAMs made with other settings ({', '.join(changed)} differ; "
-                             f"see {path}); choose another output folder")
-        return
-    write_text_atomic(path, json.dumps({"settings": current, **(extra or {})}, indent=2) + "\n")
-
-
 def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: CamSettings, *,
               batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
               encoding: str = "float16", amp: bool = False, progress: bool = True,
-              record: dict | None = None) -> dict:
+              inputs: dict | None = None) -> dict:
     """Writes ``<out_dir>/<name>.npz`` for every image of ``dataset`` that lacks one.
 
     Under torchrun every rank lists the images without output, waits for the
@@ -222,7 +169,10 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         batch_size: images per batch (all of one size).
         num_workers: DataLoader processes decoding images.
         encoding: "float16" or "uint8" (see :func:`wsss_fast.storage.save_scores`).
-        record: extra facts for ``cam_settings.json`` (e.g. the model file).
+        inputs: the files the CAMs come from (e.g. {"model": final.pt}),
+            recorded in the folder's provenance with the settings, so that
+            a resume with another model or other settings is refused
+            (:class:`wsss_fast.outputs.OutputFolder`).
 
     Returns:
         dict with ``written`` (names this process wrote), ``skipped`` (outputs
@@ -231,7 +181,7 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
     from torch.utils.data import DataLoader, default_collate
     from tqdm import tqdm
 
-    from .distributed import barrier, local_device
+    from ..distributed import barrier, local_device
 
     if encoding not in ENCODINGS:
         raise UsageError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -241,35 +191,38 @@ def make_cams(model: nn.Module, dataset, out_dir: str | os.PathLike, settings: C
         raise UsageError(f"the model has {model.num_classes} classes but the dataset "
                          f"{dataset.voc.root} has {dataset.num_classes}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_settings_file(out_dir, settings, record)
-    names = dataset.names
-    pending = [i for i, name in enumerate(names) if not (out_dir / f"{name}.npz").is_file()]
-    barrier()
-    mine = shard_by_batch([dataset.voc.image_path(names[i]) for i in pending], batch_size, pending)
-    device = local_device(device)
-    model = model.to(device).eval()
-    sizes = image_sizes([dataset.voc.image_path(names[i]) for i in mine])
-    batches = batches_by_size(sizes, batch_size, mine)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    written: list[str] = []
-    start = time.perf_counter()
-    # compressing a file takes tens of ms: several writer threads (zlib releases the GIL)
-    with ThreadPoolExecutor(max_workers=max(2, min(8, (os.cpu_count() or 2) // 2))) as writers, \
-            tqdm(total=len(mine), desc="make-cam", unit="img", disable=not progress) as bar:
-        in_flight: list[Future] = []
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            for name, (keys, maps) in zip(batch["name"], batch_cams(model, images, batch["label"], settings,
-                                                                    amp=amp)):
-                in_flight.append(writers.submit(save_scores, out_dir / f"{name}.npz", keys, maps, encoding))
-                written.append(name)
-            while len(in_flight) > 2 * batch_size:
-                in_flight.pop(0).result()
-            bar.update(len(batch["name"]))
-        for future in in_flight:
-            future.result()
+    folder = OutputFolder(out_dir, "make-cam", {**asdict(settings), "encoding": encoding, "amp": amp},
+                          inputs)
+    with folder:
+        names = dataset.names
+        todo = set(folder.pending(names))
+        pending = [i for i, name in enumerate(names) if name in todo]
+        barrier()
+        mine = shard_by_batch([dataset.voc.image_path(names[i]) for i in pending], batch_size, pending)
+        device = local_device(device)
+        model = model.to(device).eval()
+        sizes = image_sizes([dataset.voc.image_path(names[i]) for i in mine])
+        batches = batches_by_size(sizes, batch_size, mine)
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
+        written: list[str] = []
+        start = time.perf_counter()
+        # compressing a file takes tens of ms: several writer threads (zlib releases the GIL)
+        with ThreadPoolExecutor(max_workers=max(2, min(8, (os.cpu_count() or 2) // 2))) as writers, \
+                tqdm(total=len(mine), desc="make-cam", unit="img", disable=not progress) as bar:
+            in_flight: list[Future] = []
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                cams = batch_cams(model, images, batch["label"], settings, amp=amp)
+                for name, (keys, maps) in zip(batch["name"], cams):
+                    in_flight.append(writers.submit(save_scores, out_dir / f"{name}.npz", keys, maps,
+                                                    encoding))
+                    written.append(name)
+                while len(in_flight) > 2 * batch_size:
+                    in_flight.pop(0).result()
+                bar.update(len(batch["name"]))
+            for future in in_flight:
+                future.result()
     seconds = time.perf_counter() - start
     return {"written": written, "skipped": len(names) - len(pending), "seconds": seconds,
             "images_per_second": len(written) / seconds if seconds > 0 else float("nan")}

@@ -1,6 +1,11 @@
 """DRS refinement learning (SPEC.md, "DRS"): a plain network regresses the
 localisation maps of the DRS classifier with an MSE loss.
 
+Reads the DRS classifier (final.pt), its CAM files of the split
+(``make-cam``, DRS preset) and the images; writes the refinement network's
+run folder (``final.pt`` with metadata kind "refine", readable by
+``make-cam``; ``checkpoint.pt``, ``log.jsonl``).
+
 Following DRS's train_refine.py and LoadData_refine.py:
 
 - targets: the classifier's maps (``make-cam`` of the DRS classifier, DRS
@@ -32,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.dataset import ImagesWith
-from .errors import DataError, UsageError
-from .storage import load_scores
-from .transforms import colour_jitter, normalize, resize
+from ..data.dataset import ImagesWith
+from ..errors import DataError, UsageError
+from ..storage import load_scores
+from ..transforms import colour_jitter, normalize, resize
 
 INITS = ("imagenet", "classifier")
 SCHEDULES = {"paper": (15, (5, 10)), "code": (30, (10, 20))}  # epochs, 1-based epochs where lr x0.1 starts
@@ -129,8 +134,8 @@ def build_refine_net(classifier_path: str | os.PathLike, init: str, weights: str
     its backbone without DRS, initialised from ``weights`` (``init``
     "imagenet", the reference) or from the classifier's backbone
     ("classifier"; its DRS controllers are left out)."""
-    from .models import RefineNet, build_backbone, load_weights
-    from .models.checkpoints import read_checkpoint, resolve_final
+    from ..models import RefineNet, build_backbone, load_weights
+    from ..models.checkpoints import read_checkpoint, resolve_final
 
     if init not in INITS:
         raise UsageError(f"--init must be one of {INITS}, got {init!r}")
@@ -172,8 +177,8 @@ def train_refine(classifier_path: str | os.PathLike, voc_root: str | os.PathLike
     """
     from torch.utils.data import default_collate
 
-    from .data import VOCSegmentation
-    from .training import EpochDataset, TrainConfig, Trainer
+    from ..data import VOCSegmentation
+    from ..training import EpochDataset, TrainConfig, Trainer
 
     if any(d < 1 for d in decay_at):
         raise UsageError(f"decay epochs are 1-based, got {list(decay_at)}")

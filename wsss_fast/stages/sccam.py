@@ -1,5 +1,9 @@
 """SC-CAM sub-category labels (SPEC.md, "SC-CAM").
 
+Reads and writes no files: it turns pooled features and image labels (in
+memory) into sub-category labels; :mod:`wsss_fast.stages.classify` saves
+them with each round.
+
 Every round, SC-CAM clusters, for each parent class, the pooled features of
 the images that contain the class into k sub-categories, and trains a second
 head on the resulting (N_img, C * k) multi-hot labels, index parent * k +
@@ -13,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from .. import ops
 
 
 class SubcategoryLabels(NamedTuple):

@@ -3,6 +3,9 @@ flipped forward passes with their logits averaged, softmax, optional dense
 CRF (DeepLab settings) on a process pool, and one label PNG per image at
 image resolution.
 
+Reads a trained DeepLab network (final.pt) and the images of a split;
+writes ``<out>/<name>.png`` (class indices, VOC palette).
+
 Resume and sharding: images whose PNG exists are skipped; under torchrun
 every rank lists the rest, waits for the others
 (:func:`wsss_fast.distributed.barrier`) and takes its share
@@ -21,14 +24,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..inference import batches_by_size, image_sizes, shard_by_batch
-from ..data.dataset import VOCSegmentation
-from ..data.voc import VOCRoot
-from ..distributed import barrier, local_device, rank, world_size
-from ..inference import multiscale_maps
-from ..models.deeplab import DeepLab
-from ..storage import save_label_png
-from ..transforms import normalize
+from ...inference import batches_by_size, image_sizes, shard_by_batch
+from ...data.dataset import VOCSegmentation
+from ...data.voc import VOCRoot
+from ...distributed import barrier, local_device, rank, world_size
+from ...inference import multiscale_maps
+from ...models.deeplab import DeepLab
+from ...outputs import OutputFolder
+from ...storage import save_label_png
+from ...transforms import normalize
 
 
 @torch.inference_mode()
@@ -50,7 +54,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                   scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
                   batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
                   crf_workers: int | None = None, crf_backend: str = "auto",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, inputs: dict | None = None) -> dict:
     """Writes ``<out_dir>/<name>.png`` (uint8 class indices, VOC palette, at
     image resolution) for every image of ``split`` that lacks one and falls
     to this rank.
@@ -64,6 +68,9 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         batch_size: images of one size per forward batch.
         device: torch device; "cuda" under torchrun means the rank's
             LOCAL_RANK GPU.
+        inputs: e.g. {"model": final.pt}, recorded with the settings in the
+            folder's provenance (:class:`wsss_fast.outputs.OutputFolder`):
+            resuming with another model or other settings is refused.
 
     Returns:
         Summary dict: ``images`` (written by this rank), ``skipped``
@@ -73,35 +80,40 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     device = local_device(device)
     out_dir = Path(out_dir)
     dataset = VOCSegmentation(voc, split, labels=False)
-    todo = [i for i, name in enumerate(dataset.names) if not (out_dir / f"{name}.png").is_file()]
-    barrier()
-    mine = shard_by_batch([voc.image_path(dataset.names[i]) for i in todo], batch_size, todo)
-    batches = batches_by_size(image_sizes([voc.image_path(dataset.names[i]) for i in mine]), batch_size, mine)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    model = model.to(device).eval()
-    predictions = _probabilities(model, loader, scales, flip, device)
+    recorded = {"scales": list(scales), "flip": flip, "crf": crf}
+    with OutputFolder(out_dir, "infer-seg", recorded, inputs) as folder:
+        pending = set(folder.pending(dataset.names, lambda name: [out_dir / f"{name}.png"]))
+        todo = [i for i, name in enumerate(dataset.names) if name in pending]
+        barrier()
+        mine = shard_by_batch([voc.image_path(dataset.names[i]) for i in todo], batch_size, todo)
+        batches = batches_by_size(image_sizes([voc.image_path(dataset.names[i]) for i in mine]), batch_size,
+                                  mine)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        model = model.to(device).eval()
+        predictions = _probabilities(model, loader, scales, flip, device)
 
-    def save(name: str, label) -> None:
-        save_label_png(out_dir / f"{name}.png", np.asarray(label, dtype=np.uint8))
+        def save(name: str, label) -> None:
+            save_label_png(out_dir / f"{name}.png", np.asarray(label, dtype=np.uint8))
 
-    if crf:
-        from ..crf import imap_dense_crf
+        if crf:
+            from ...crf import imap_dense_crf
 
-        names: deque[str] = deque()
+            names: deque[str] = deque()
 
-        def pairs():
-            for name, image, probs in predictions:
-                names.append(name)
-                yield image.permute(1, 2, 0).contiguous().numpy(), probs.cpu().numpy()
+            def pairs():
+                for name, image, probs in predictions:
+                    names.append(name)
+                    yield image.permute(1, 2, 0).contiguous().numpy(), probs.cpu().numpy()
 
-        for marginals in imap_dense_crf(pairs(), "deeplab", backend=crf_backend, device=device,
-                                        workers=crf_workers, total=len(mine), progress=progress):
-            save(names.popleft(), marginals.argmax(0))
-    else:
-        for name, _, probs in tqdm(predictions, total=len(mine), desc="infer-seg", unit="img",
-                                   disable=not progress):
-            save(name, probs.argmax(0).to(torch.uint8).cpu())
+            for marginals in imap_dense_crf(pairs(), "deeplab", backend=crf_backend, device=device,
+                                            workers=crf_workers, total=len(mine),
+                                            progress=progress):
+                save(names.popleft(), marginals.argmax(0))
+        else:
+            for name, _, probs in tqdm(predictions, total=len(mine), desc="infer-seg", unit="img",
+                                       disable=not progress):
+                save(name, probs.argmax(0).to(torch.uint8).cpu())
     seconds = time.perf_counter() - start
     return {"images": len(mine), "skipped": len(dataset) - len(todo), "rank": rank(),
             "world_size": world_size(), "seconds": seconds,

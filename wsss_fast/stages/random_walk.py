@@ -1,6 +1,10 @@
 """The random-walk stage (``wsss-fast rw``; PSA's infer_aff): CAMs propagated
 along the affinities of a trained AffinityNet, then label maps.
 
+Reads a trained AffinityNet (final.pt), the images and the CAM files of a
+split; writes ``<out>/<name>.png`` label maps and, when asked, the
+propagated maps as ``<scores>/<name>.npz``.
+
 Per image, as PSA: the background row (1 - max_c CAM)^alpha (alpha 16) is
 computed at image resolution; image and maps are zero-padded at the bottom
 and right to a multiple of the network stride (8), the maps average-pooled
@@ -19,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -29,15 +33,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import distributed, ops
+from .. import distributed, ops
 from .affinity_labels import background_score, check_cams
-from .crf import imap_dense_crf
-from .data.voc import VOCRoot
-from .errors import DataError
-from .inference import batches_by_size, image_sizes, shard_by_batch
-from .models.affinity_net import AffinityNet
-from .storage import load_scores, require_score_files, save_label_png, save_scores
-from .transforms import normalize
+from ..crf import imap_dense_crf
+from ..data.voc import VOCRoot
+from ..errors import DataError
+from ..inference import batches_by_size, image_sizes, shard_by_batch
+from ..models.affinity_net import AffinityNet
+from ..outputs import OutputFolder
+from ..storage import load_scores, require_score_files, save_label_png, save_scores
+from ..transforms import normalize
 
 
 @dataclass
@@ -168,11 +173,14 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
                     scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
                     crf: str | None = None, crf_workers: int | None = None,
                     crf_backend: str = "auto", batch_size: int = 8,
-                    device: str = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
+                    device: str = "cpu", num_workers: int = 0, progress: bool = True,
+                    inputs: dict | None = None) -> dict:
     """Writes ``out_dir/<name>.png`` label maps (and the propagated maps as
     ``scores_dir/<name>.npz``, keys [0, classes]) for every image; images
-    whose outputs exist are skipped (resume), the rest sharded (whole
-    batches) over the torchrun ranks.
+    whose outputs exist and are whole are skipped (resume), the rest sharded
+    (whole batches) over the torchrun ranks. ``inputs`` (e.g. {"model":
+    final.pt}) are recorded in the folder's provenance with the settings
+    and the CAM folder (:class:`wsss_fast.outputs.OutputFolder`).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
@@ -180,26 +188,28 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     scores_dir = Path(scores_dir) if scores_dir is not None else None
 
-    def done(name: str) -> bool:
-        return (out_dir / f"{name}.png").is_file() and (
-            scores_dir is None or (scores_dir / f"{name}.npz").is_file())
+    def outputs(name: str) -> list[Path]:
+        return [out_dir / f"{name}.png"] + ([scores_dir / f"{name}.npz"] if scores_dir is not None else [])
 
-    todo = [n for n in names if not done(n)]
-    skipped = len(names) - len(todo)
-    distributed.barrier()  # every rank has listed the pending images before anyone writes
-    todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
-    require_score_files(cam_dir, todo)
-    voc.check_images(todo)
-    model = model.eval().to(device)
-    start = time.perf_counter()
-    results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
-                          num_workers=num_workers)
-    if crf is not None:
-        results = with_crf(results, crf, backend=crf_backend, device=device, workers=crf_workers)
-    for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
-        if scores_dir is not None:
-            save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)
-        save_label_png(out_dir / f"{r.name}.png", r.label)
+    recorded = {**asdict(settings), "crf": crf, "encoding": encoding, "scores": scores_dir is not None}
+    with OutputFolder(out_dir, "rw", recorded, {"cam": cam_dir, **(inputs or {})}) as folder:
+        todo = folder.pending(names, outputs)
+        skipped = len(names) - len(todo)
+        distributed.barrier()  # every rank has listed the pending images before anyone writes
+        todo = shard_by_batch([voc.image_path(n) for n in todo], batch_size, todo)
+        require_score_files(cam_dir, todo)
+        voc.check_images(todo)
+        model = model.eval().to(device)
+        start = time.perf_counter()
+        results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
+                              num_workers=num_workers)
+        if crf is not None:
+            results = with_crf(results, crf, backend=crf_backend, device=device,
+                               workers=crf_workers)
+        for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
+            if scores_dir is not None:
+                save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)
+            save_label_png(out_dir / f"{r.name}.png", r.label)
     seconds = time.perf_counter() - start
     return {"written": len(todo), "skipped": skipped, "seconds": seconds,
             "images_per_second": len(todo) / seconds if seconds > 0 else 0.0}

@@ -2,7 +2,12 @@
 (SPEC.md, "DeepLab"): SGD, momentum 0.9, lr 2.5e-4 (x10 for the head,
 biases x2 / x20 without weight decay), poly 0.9, weight decay 5e-4, batch
 10, 20k iterations; random rescale 0.5..1.5, flip, crop 321 (image padded
-with the mean colour, labels with 255)."""
+with the mean colour, labels with 255).
+
+Reads the images of a split, a folder of label PNGs (pseudo labels) and
+optional initial weights (ImageNet file or a classifier's final.pt); writes
+the run folder (``final.pt``, ``checkpoint.pt``, ``log.jsonl``).
+"""
 from __future__ import annotations
 
 import math
@@ -12,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.dataset import collate_skip_none
-from ..data.labelled import LabelledImages
-from ..errors import UsageError
-from ..models.initial import BackboneInit, initial_backbone
-from ..models.deeplab import DEFAULT_BACKBONES, HEADS, DeepLab, segmentation_loss
-from ..training import EpochDataset, TrainConfig, Trainer
-from ..transforms import TrainAugment
+from ...data.dataset import collate_skip_none
+from ...data.labelled import LabelledImages
+from ...errors import UsageError
+from ...models.initial import BackboneInit, initial_backbone
+from ...models.deeplab import DEFAULT_BACKBONES, HEADS, DeepLab, segmentation_loss
+from ...training import EpochDataset, TrainConfig, Trainer
+from ...transforms import TrainAugment
 
 TRAIN_DEFAULTS = TrainConfig(epochs=1, batch_size=10, lr=2.5e-4, weight_decay=5e-4, momentum=0.9,
                              lr_mult=(1.0, 2.0, 10.0, 20.0), schedule="poly", poly_power=0.9)
