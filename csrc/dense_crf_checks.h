@@ -70,6 +70,21 @@ inline void check_dense_crf_inputs(const at::Tensor& image, const at::Tensor& pr
               image.sizes());
 }
 
+// The operator as registered for a device: its parameters gathered, the
+// checks, then kernel(image, probs, num_labels, params).
+using CrfKernel = at::Tensor (*)(const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, const CrfParams&);
+template <CrfKernel kernel>
+at::Tensor dense_crf_op(const at::Tensor& image, const at::Tensor& probs,
+                        const std::optional<at::Tensor>& num_labels, int64_t iterations,
+                        double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
+                        double bilateral_srgb, double bilateral_compat) {
+  const CrfParams params{iterations,    gaussian_sxy,   gaussian_compat,
+                         bilateral_sxy, bilateral_srgb, bilateral_compat};
+  check_dense_crf_inputs(image, probs, num_labels, params, "dense_crf");
+  return kernel(image, probs, num_labels, params);
+}
+
 // The Gaussian (index 0) and bilateral (index 1) lattice specs of an H x W
 // image; an error naming the parameters when a lattice would be too large.
 inline void lattice_specs(const CrfParams& p, int64_t H, int64_t W, crf::LatticeSpec* specs,

@@ -18,13 +18,13 @@ Ground truths:
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bad_args import changed, with_value
 from wsss_fast import BackendWarning, _backend, ops, reference
 from wsss_fast.data.demo import load_photos
 from wsss_fast.ops.dense_crf import PRESETS, CRFParams
@@ -266,16 +266,7 @@ def test_opcheck(num_labels):
 
 def _bad(**change):
     image, probs = batch([0, 1], 6, 7, 3)
-    args = dict(image=image, probs=probs, params="psa", num_labels=None)
-    for key, value in change.items():
-        args[key] = value(args) if callable(value) else value
-    return args
-
-
-def _with(t, index, value):
-    t = t.clone()
-    t[index] = value
-    return t
+    return changed(dict(image=image, probs=probs, params="psa", num_labels=None), change)
 
 
 BAD = [
@@ -288,9 +279,9 @@ BAD = [
     (dict(probs=lambda a: a["probs"][:, :0]), ValueError, "K >= 1"),
     (dict(image=lambda a: a["image"][:, :, :0], probs=lambda a: a["probs"][:, :, :0]),
      ValueError, "H >= 1 and W >= 1"),
-    (dict(probs=lambda a: _with(a["probs"], (0, 1, 2, 3), 1.5)), ValueError, r"in \[0, 1\]"),
-    (dict(probs=lambda a: _with(a["probs"], (1, 0, 0, 0), -0.1)), ValueError, r"in \[0, 1\]"),
-    (dict(probs=lambda a: _with(a["probs"], (1, 0, 0, 0), float("nan"))), ValueError,
+    (dict(probs=lambda a: with_value(a["probs"], (0, 1, 2, 3), 1.5)), ValueError, r"in \[0, 1\]"),
+    (dict(probs=lambda a: with_value(a["probs"], (1, 0, 0, 0), -0.1)), ValueError, r"in \[0, 1\]"),
+    (dict(probs=lambda a: with_value(a["probs"], (1, 0, 0, 0), float("nan"))), ValueError,
      r"in \[0, 1\]"),
     (dict(probs=lambda a: a["probs"].to("meta")), ValueError, "probs must be on the device of image"),
     (dict(probs=[[0.5]]), TypeError, "probs must be a torch.Tensor"),

@@ -472,12 +472,7 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
 }
 
 at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& probs,
-                         const std::optional<at::Tensor>& num_labels, int64_t iterations,
-                         double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
-                         double bilateral_srgb, double bilateral_compat) {
-  const CrfParams prm{iterations,    gaussian_sxy,   gaussian_compat,
-                      bilateral_sxy, bilateral_srgb, bilateral_compat};
-  check_dense_crf_inputs(image, probs, num_labels, prm, "dense_crf");
+                         const std::optional<at::Tensor>& num_labels, const CrfParams& prm) {
   const int64_t B = probs.size(0), K = probs.size(1), H = probs.size(2), W = probs.size(3);
   auto out = at::zeros(probs.sizes(), probs.options());
   if (B == 0) return out;
@@ -514,6 +509,6 @@ at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& probs,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wsss_fast, CPU, m) { m.impl("dense_crf", &dense_crf_cpu); }
+TORCH_LIBRARY_IMPL(wsss_fast, CPU, m) { m.impl("dense_crf", &dense_crf_op<dense_crf_cpu>); }
 
 }  // namespace wsss_fast

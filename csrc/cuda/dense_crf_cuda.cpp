@@ -27,12 +27,7 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 }
 
 at::Tensor dense_crf_cuda(const at::Tensor& image, const at::Tensor& probs,
-                          const std::optional<at::Tensor>& num_labels, int64_t iterations,
-                          double gaussian_sxy, double gaussian_compat, double bilateral_sxy,
-                          double bilateral_srgb, double bilateral_compat) {
-  const CrfParams prm{iterations,    gaussian_sxy,   gaussian_compat,
-                      bilateral_sxy, bilateral_srgb, bilateral_compat};
-  check_dense_crf_inputs(image, probs, num_labels, prm, "dense_crf");
+                          const std::optional<at::Tensor>& num_labels, const CrfParams& prm) {
   const int64_t B = probs.size(0), K = probs.size(1), H = probs.size(2), W = probs.size(3);
   const int64_t N = H * W;
   const c10::cuda::CUDAGuard guard(probs.device());
@@ -48,8 +43,8 @@ at::Tensor dense_crf_cuda(const at::Tensor& image, const at::Tensor& probs,
   const auto pc = probs.contiguous();
   const std::optional<at::Tensor> nc =
       num_labels.has_value() ? std::optional<at::Tensor>(num_labels->contiguous()) : std::nullopt;
-  const float compat[2] = {static_cast<float>(gaussian_compat),
-                           static_cast<float>(bilateral_compat)};
+  const float compat[2] = {static_cast<float>(prm.gaussian_compat),
+                           static_cast<float>(prm.bilateral_compat)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t b0 = 0; b0 < B; b0 += group) {
     const int64_t nb = std::min(group, B - b0);
@@ -79,7 +74,7 @@ at::Tensor dense_crf_cuda(const at::Tensor& image, const at::Tensor& probs,
     check_launch(cuda::crf_mean_field(
         pc.const_data_ptr<float>() + b0 * K * N,
         nc.has_value() ? nc->const_data_ptr<int64_t>() + b0 : nullptr,
-        out.mutable_data_ptr<float>() + b0 * K * N, nb, N, K, iterations, compat, specs, M,
+        out.mutable_data_ptr<float>() + b0 * K * N, nb, N, K, prm.iterations, compat, specs, M,
         lattice_ptrs, ws.mutable_data_ptr(), stream));
   }
   return out;
@@ -87,6 +82,6 @@ at::Tensor dense_crf_cuda(const at::Tensor& image, const at::Tensor& probs,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wsss_fast, CUDA, m) { m.impl("dense_crf", &dense_crf_cuda); }
+TORCH_LIBRARY_IMPL(wsss_fast, CUDA, m) { m.impl("dense_crf", &dense_crf_op<dense_crf_cuda>); }
 
 }  // namespace wsss_fast

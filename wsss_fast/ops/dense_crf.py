@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _backend
+from ._register import register_inference_only
 from ..reference import dense_crf as reference
 
 __all__ = ["CRFParams", "PRESETS", "dense_crf", "resolve_params"]
@@ -163,20 +164,10 @@ def _check(image, probs, params, num_labels) -> CRFParams:
     return params
 
 
-def _register() -> None:
-    """Fake kernel, and an autograd formula that refuses to differentiate."""
-
-    @torch.library.register_fake("wsss_fast::dense_crf")
-    def _(image, probs, num_labels, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy,
+def _fake(image, probs, num_labels, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy,
           bilateral_srgb, bilateral_compat):
-        return probs.new_empty(probs.shape)
-
-    def backward(ctx, grad_out):
-        raise RuntimeError(_NOT_DIFFERENTIABLE)
-
-    torch.library.register_autograd("wsss_fast::dense_crf", backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+    return probs.new_empty(probs.shape)
 
 
 if _backend._C is not None:
-    _register()
+    register_inference_only("dense_crf", _fake, _NOT_DIFFERENTIABLE)
