@@ -52,6 +52,10 @@ constexpr float kLowest = -std::numeric_limits<float>::max();
 constexpr int64_t kMaxChunks = 16;  // pixel chunks of the lattice build
 constexpr int64_t kPrefetch = 8;    // rows ahead that the blur fetches
 
+// Threads that at::parallel_for would use here: 1 inside a parallel region
+// (images in parallel), where it runs inline.
+int64_t threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_item, 1));
 }
@@ -263,7 +267,7 @@ void build_lattice(Lattice& lat, const LatticeSpec& spec, const uint8_t* rgb, in
   // chunk of pixels numbers its own codes in parallel, then the chunks' codes
   // are merged in chunk order; the numbering does not depend on the chunks.
   const int64_t chunks =
-      std::clamp<int64_t>(std::min<int64_t>(at::get_num_threads(), kMaxChunks), 1,
+      std::clamp<int64_t>(std::min<int64_t>(threads_here(), kMaxChunks), 1,
                           std::max<int64_t>(1, N / 4096));
   const auto first_pixel = [&](int64_t c) { return N * c / chunks; };
   std::vector<CodeTable> local;
@@ -348,7 +352,7 @@ void build_lattice(Lattice& lat, const LatticeSpec& spec, const uint8_t* rgb, in
   });
 
   // ranges of rows with about equal numbers of splat entries
-  const int64_t nparts = std::min<int64_t>(M, 8 * at::get_num_threads());
+  const int64_t nparts = std::min<int64_t>(M, 8 * threads_here());
   lat.parts.assign(1, 1);
   for (int64_t t = 1; t < nparts; ++t) {
     const int32_t target = static_cast<int32_t>(N * D * t / nparts);
