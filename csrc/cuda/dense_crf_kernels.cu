@@ -69,6 +69,9 @@ class Carve {
   uintptr_t base_, next_;
 };
 
+// Rows are sorted as unsigned keys (they are >= 0), bits [0, end_bit).
+uint32_t* as_unsigned(int32_t* rows) { return reinterpret_cast<uint32_t*>(rows); }
+
 int64_t table_capacity(int64_t N, int D) {
   int64_t cap = 1024;
   while (cap < 2 * N * D) cap *= 2;
@@ -156,8 +159,9 @@ Lattice lattice_layout(const void* base, int64_t B, int64_t N, int d, int64_t M)
   l.chunk_count = c.take<int32_t>(M + 1);
   while (l.end_bit < 31 && (1LL << l.end_bit) < M) ++l.end_bit;
   size_t sort_bytes = 0, scan_bytes = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, l.entry_row, l.sorted_row, l.entry_index,
-                                  l.sorted_entry, l.E, 0, l.end_bit);
+  cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, as_unsigned(l.entry_row),
+                                  as_unsigned(l.sorted_row), l.entry_index, l.sorted_entry, l.E, 0,
+                                  l.end_bit);
   cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, l.chunk_count, l.chunk_first,
                                 l.M + 1);
   l.temp_bytes = sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
@@ -532,9 +536,10 @@ cudaError_t crf_lattice_build(const crf::LatticeSpec& spec, int64_t B, int64_t N
   entries_kernel<<<blocks_for(l.E), kThreads, 0, stream>>>(t, l, static_cast<int>(N), spec.alpha);
   cudaError_t err;
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  if ((err = cub::DeviceRadixSort::SortPairs(l.temp, l.temp_bytes, l.entry_row, l.sorted_row,
-                                             l.entry_index, l.sorted_entry, l.E, 0, l.end_bit,
-                                             stream)) != cudaSuccess)
+  if ((err = cub::DeviceRadixSort::SortPairs(l.temp, l.temp_bytes, as_unsigned(l.entry_row),
+                                             as_unsigned(l.sorted_row), l.entry_index,
+                                             l.sorted_entry, l.E, 0, l.end_bit, stream)) !=
+      cudaSuccess)
     return err;
   starts_kernel<<<blocks_for(l.E), kThreads, 0, stream>>>(t, l);
   chunk_count_kernel<<<blocks_for(M + 1), kThreads, 0, stream>>>(l);
