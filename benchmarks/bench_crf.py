@@ -23,9 +23,10 @@ Each record has the seconds per image, the CPU seconds used (this process and
 its workers), ``cores_used`` = CPU seconds / wall seconds (below the thread or
 worker count when other jobs share the cores), the load average before, and
 against pydensecrf's marginals the argmax agreement and the max abs
-difference. Results: benchmarks/results/crf-<device>.json.
+difference (over the images pydensecrf ran on, --ref-n). Results:
+benchmarks/results/crf-<device>.json.
 
-    python benchmarks/bench_crf.py [--n 8] [--workers CORES] [--device cpu|cuda]
+    python benchmarks/bench_crf.py [--n 8] [--ref-n N] [--workers CORES] [--device cpu|cuda]
 
 (``--device`` defaults to cuda on a GPU host; the pydensecrf contenders always
 run on the host's cores.)
@@ -126,6 +127,9 @@ def with_threads(threads: int, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="images per setting (default 8)")
+    parser.add_argument("--ref-n", type=int, default=None,
+                        help="of which pydensecrf runs on the first REF_N (default: all on cpu, "
+                             "4 on cuda); parity is measured on those")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="pool processes and threads (default: cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -133,40 +137,43 @@ def main() -> None:
                         help="where ours runs and the maps are made (default: cuda if available)")
     args = parser.parse_args()
     threads = args.workers
+    ref_n = min(args.n, args.ref_n or (args.n if args.device == "cpu" else 4))
     records = []
     for classes in (21, 2):
         images, probs = make_inputs(args.n, classes=classes, device=args.device)
+        ref_images, ref_probs = images[:ref_n], probs[:ref_n]
         for preset in ("psa", "deeplab"):
             print(f"{preset}, {classes} labels ...", flush=True)
             truth, t = timed(lambda: [dense_crf(im, p, preset, backend="pydensecrf")
-                                      for im, p in zip(images, probs)])
-            runs = [("pydensecrf, 1 process", truth, t)]
+                                      for im, p in zip(ref_images, ref_probs)])
+            runs = [("pydensecrf, 1 process", ref_n, truth, t)]
             if args.device == "cpu":
-                runs.append(("pydensecrf, pool", *timed(lambda: dense_crf_batch(
-                    images, probs, preset, backend="pydensecrf", workers=args.workers,
+                runs.append(("pydensecrf, pool", ref_n, *timed(lambda: dense_crf_batch(
+                    ref_images, ref_probs, preset, backend="pydensecrf", workers=args.workers,
                     progress=False))))
-                runs.append(("wsss cpu, 1 thread", *with_threads(1, lambda: timed(
+                runs.append(("wsss cpu, 1 thread", args.n, *with_threads(1, lambda: timed(
                     lambda: ours(images, probs, preset, "cpu", 1)))))
-                runs.append((f"wsss cpu, {threads} threads, 1 image", *with_threads(
+                runs.append((f"wsss cpu, {threads} threads, 1 image", args.n, *with_threads(
                     threads, lambda: timed(lambda: ours(images, probs, preset, "cpu", 1)))))
-                runs.append((f"wsss cpu, {threads} threads, batch", *with_threads(
+                runs.append((f"wsss cpu, {threads} threads, batch", args.n, *with_threads(
                     threads, lambda: timed(lambda: ours(images, probs, preset, "cpu", threads)))))
             else:
                 ours(images[:1], probs[:1], preset, "cuda", 1)  # warm-up
-                runs.append(("wsss cuda, 1 image", *timed(
+                runs.append(("wsss cuda, 1 image", args.n, *timed(
                     lambda: ours(images, probs, preset, "cuda", 1))))
-                runs.append(("wsss cuda, batch of 8", *timed(
+                runs.append(("wsss cuda, batch of 8", args.n, *timed(
                     lambda: ours(images, probs, preset, "cuda", 8))))
-            for method, out, t in runs:
-                agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in zip(out, truth)])
-                diff = max(float(np.abs(a - b).max()) for a, b in zip(out, truth))
+            for method, n, out, t in runs:
+                pairs = list(zip(out, truth))
+                agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in pairs])
+                diff = max(float(np.abs(a - b).max()) for a, b in pairs)
                 records.append({"preset": preset, "labels": classes, "method": method,
-                                "images": args.n, **t, "s_per_image": t["seconds"] / args.n,
+                                "images": n, **t, "s_per_image": t["seconds"] / n,
                                 "argmax_agreement": agree, "max_abs_diff": diff})
             base = records[-len(runs)]["s_per_image"]
             for r in records[-len(runs):]:
                 r["speedup_vs_pydensecrf_1_process"] = base / r["s_per_image"]
-    print_table(records, ["preset", "labels", "method", "s_per_image", "cores_used",
+    print_table(records, ["preset", "labels", "method", "images", "s_per_image", "cores_used",
                           "speedup_vs_pydensecrf_1_process", "argmax_agreement", "max_abs_diff",
                           "load_average_before"])
     path = write_results("crf", args.device, records, image_size=[HEIGHT, WIDTH],
