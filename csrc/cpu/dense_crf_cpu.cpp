@@ -51,6 +51,7 @@ constexpr int64_t kL = simd::kLanes<float>;
 constexpr float kLowest = -std::numeric_limits<float>::max();
 constexpr int64_t kMaxChunks = 16;  // pixel chunks of the lattice build
 constexpr int64_t kPrefetch = 8;    // rows ahead that the blur fetches
+constexpr int64_t kTile = 8;        // vectors of labels normalised together (pixels: 8 / (Kp / 4))
 
 // Threads that at::parallel_for would use here: 1 inside a parallel region
 // (images in parallel), where it runs inline.
@@ -440,42 +441,59 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
     const bool last = step == prm.iterations;
     const simd::FloatMask tail = simd::first_lanes(K - (Kp - kL));
     at::parallel_for(0, N, grain_for(Kp * 24), [&](int64_t p0, int64_t p1) {
-      std::vector<float> energy(Kp);
-      float* e = energy.data();
-      for (int64_t p = p0; p < p1; ++p) {
-        const float* nu = neg_unary.data() + p * Kp;
-        if (step == 0) {
-          std::copy(nu, nu + Kp, e);
-        } else {
-          for_each_block(Kp, [&](int64_t c0, int64_t nv) {
-            with_block(nv, [&](auto b) {
-              energy_block<decltype(b)::value>(lat, filtered, minus_w, nu, p, Kp, c0, e);
+      const int64_t tile = std::max<int64_t>(1, kTile * kL / Kp);
+      std::vector<float> energy(tile * Kp);
+      float mx[kTile], sum[kTile];
+      for (int64_t p0t = p0; p0t < p1; p0t += tile) {
+        const int64_t n = std::min(tile, p1 - p0t);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t p = p0t + i;
+          const float* nu = neg_unary.data() + p * Kp;
+          float* e = energy.data() + i * Kp;
+          if (step == 0) {
+            std::copy(nu, nu + Kp, e);
+          } else {
+            for_each_block(Kp, [&](int64_t c0, int64_t nv) {
+              with_block(nv, [&](auto b) {
+                energy_block<decltype(b)::value>(lat, filtered, minus_w, nu, p, Kp, c0, e);
+              });
             });
-          });
+          }
+          // softmax over the first K lanes: the padding never wins the max ...
+          simd::store(e + Kp - kL, tail ? simd::load(e + Kp - kL) : simd::broadcast(kLowest));
+          FVec vmax = simd::load(e);
+          for (int64_t c = kL; c < Kp; c += kL) vmax = simd::max(vmax, simd::load(e + c));
+          mx[i] = simd::hmax(vmax);
         }
-        // softmax over the first K lanes (the others masked to 0)
-        const int64_t t = Kp - kL;  // the last vector, which holds the padding
-        simd::store(e + t, tail ? simd::load(e + t) : simd::broadcast(kLowest));
-        FVec vmax = simd::load(e);
-        for (int64_t c = kL; c < Kp; c += kL) vmax = simd::max(vmax, simd::load(e + c));
-        const FVec mx = simd::broadcast(simd::hmax(vmax));
-        for (int64_t c = 0; c < Kp; c += kL) simd::store(e + c, simd::exp(simd::load(e + c) - mx));
-        simd::store(e + t, tail ? simd::load(e + t) : FVec{});
-        FVec vsum{};
-        for (int64_t c = 0; c < Kp; c += kL) vsum += simd::load(e + c);
-        vsum = simd::broadcast(simd::hsum(vsum));
-        if (last) {
-          for (int64_t c = 0; c < Kp; c += kL) simd::store(e + c, simd::load(e + c) / vsum);
-          for (int64_t l = 0; l < K; ++l) out[l * N + p] = e[l];
-          continue;
+        // ... the tile's exps are independent of each other (instruction-level parallelism)
+        for (int64_t i = 0; i < n; ++i) {
+          float* e = energy.data() + i * Kp;
+          const FVec m = simd::broadcast(mx[i]);
+          for (int64_t c = 0; c < Kp; c += kL) simd::store(e + c, simd::exp(simd::load(e + c) - m));
         }
-        const FVec n0 = simd::broadcast(lat[0].norm[p]), n1 = simd::broadcast(lat[1].norm[p]);
-        float* dst0 = scaled[0].data() + p * Kp;
-        float* dst1 = scaled[1].data() + p * Kp;
-        for (int64_t c = 0; c < Kp; c += kL) {
-          const FVec q = simd::load(e + c) / vsum;
-          simd::store(dst0 + c, q * n0);
-          simd::store(dst1 + c, q * n1);
+        for (int64_t i = 0; i < n; ++i) {  // ... and adds nothing to the sum
+          float* e = energy.data() + i * Kp;
+          simd::store(e + Kp - kL, tail ? simd::load(e + Kp - kL) : FVec{});
+          FVec vsum{};
+          for (int64_t c = 0; c < Kp; c += kL) vsum += simd::load(e + c);
+          sum[i] = simd::hsum(vsum);
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t p = p0t + i;
+          const float* e = energy.data() + i * Kp;
+          const FVec vsum = simd::broadcast(sum[i]);
+          if (last) {
+            for (int64_t l = 0; l < K; ++l) out[l * N + p] = e[l] / sum[i];
+            continue;
+          }
+          const FVec n0 = simd::broadcast(lat[0].norm[p]), n1 = simd::broadcast(lat[1].norm[p]);
+          float* dst0 = scaled[0].data() + p * Kp;
+          float* dst1 = scaled[1].data() + p * Kp;
+          for (int64_t c = 0; c < Kp; c += kL) {
+            const FVec q = simd::load(e + c) / vsum;
+            simd::store(dst0 + c, q * n0);
+            simd::store(dst1 + c, q * n1);
+          }
         }
       }
     });
