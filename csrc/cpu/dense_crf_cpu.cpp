@@ -13,13 +13,15 @@
 //    sort, each chunk filling its own slots in parallel), so that a point
 //    sums its pixels in pydensecrf's order and the points are independent;
 //  * the blur neighbours of every point along the d + 1 directions;
-//  * the symmetric normalisation n = 1 / sqrt(filter(1)).
-// An iteration: per kernel a splat (parallel over ranges of points holding
-// about equal numbers of entries) and d + 1 blur passes (parallel over
-// points); then one pass over the pixels (parallel) slices both kernels, adds
-// the Potts terms to -U and normalises (simd::exp), writing Q * n of each
-// kernel for the next splats or, after the last iteration, Q into the
-// (K, H, W) output.
+//  * the symmetric normalisation n = 1 / sqrt(filter(1)), then folded into
+//    the weights: a splat entry's weight times n of its pixel, a pixel's slice
+//    weights times alpha, its n and the Potts weight w.
+// An iteration: per kernel a splat of Q (parallel over ranges of points
+// holding about equal numbers of entries) and d + 1 blur passes (parallel
+// over points); then one pass over the pixels (parallel) slices both kernels
+// onto -U (pydensecrf subtracts the Potts term -w n filtered) and normalises
+// (simd::exp, a tile of pixels at a time), writing Q for the next splats or,
+// after the last iteration, into the (K, H, W) output.
 // Values are float32 rows of Kp labels (K rounded up to the vector width);
 // row 0 of a value table is the zero that stands for a missing neighbour.
 // Parallelism: whole images in parallel (one thread each, no barrier) when
@@ -226,18 +228,17 @@ inline void slice_pixel(const Lattice& lat, const float* table, int64_t p, int64
   }
 }
 
-// energy = -U + sum over the kernels of w * n * filtered (pydensecrf: the
-// Potts term -w * (n * filtered) subtracted from -U), lanes [c0, c0 + NV kL).
+// energy = -U + sum over the kernels of the slice of their filtered table,
+// lanes [c0, c0 + NV kL); the slice weights hold the Potts weight w and the
+// normalisation n (pydensecrf subtracts -w * n * slice from -U).
 template <int NV>
-inline void energy_block(const Lattice* lat, const float* const* filtered, const float* minus_w,
-                         const float* neg_unary, int64_t p, int64_t Kp, int64_t c0,
-                         float* energy) {
+inline void energy_block(const Lattice* lat, const float* const* filtered, const float* neg_unary,
+                         int64_t p, int64_t Kp, int64_t c0, float* energy) {
   FVec e[NV], m[NV];
   for (int i = 0; i < NV; ++i) e[i] = simd::load(neg_unary + c0 + i * kL);
   for (int f = 0; f < 2; ++f) {
     slice_pixel<NV>(lat[f], filtered[f], p, Kp, c0, m);
-    const FVec n = simd::broadcast(lat[f].norm[p]), mw = simd::broadcast(minus_w[f]);
-    for (int i = 0; i < NV; ++i) e[i] = e[i] - mw * (m[i] * n);
+    for (int i = 0; i < NV; ++i) e[i] += m[i];
   }
   for (int i = 0; i < NV; ++i) simd::store(energy + c0 + i * kL, e[i]);
 }
@@ -400,6 +401,10 @@ void build_lattice(Lattice& lat, const LatticeSpec& spec, const uint8_t* rgb, in
       lat.norm[p] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(acc[0]) + 1e-20));
     }
   });
+  // from now on the splat reads Q: its weights take n of their pixel
+  at::parallel_for(0, N * D, grain_for(2), [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) lat.splat_w[e] *= lat.norm[lat.pixel[e]];
+  });
 }
 
 // The mean field of one image. probs: its (K_all, H, W) planes, of which the
@@ -410,8 +415,16 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
   const int64_t Kp = (K + kL - 1) / kL * kL;
   Lattice lat[2];
   for (int f = 0; f < 2; ++f) build_lattice(lat[f], specs[f], rgb, H, W);
-  const float minus_w[2] = {-static_cast<float>(prm.gaussian_compat),
-                            -static_cast<float>(prm.bilateral_compat)};
+  // the slice weights take n of their pixel and the Potts weight
+  const float compat[2] = {static_cast<float>(prm.gaussian_compat),
+                           static_cast<float>(prm.bilateral_compat)};
+  for (int f = 0; f < 2; ++f) {
+    at::parallel_for(0, N, grain_for(2 * lat[f].D), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int r = 0; r < lat[f].D; ++r) lat[f].slice_w[p * lat[f].D + r] *= lat[f].norm[p] * compat[f];
+      }
+    });
+  }
 
   // -U = log(clip(p, 1e-5, 1)), pixel-major, lanes beyond K zero
   std::vector<float> neg_unary(N * Kp, 0.f);
@@ -424,7 +437,7 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
     }
   });
 
-  std::vector<float> scaled[2] = {std::vector<float>(N * Kp), std::vector<float>(N * Kp)};
+  std::vector<float> q(N * Kp);  // the marginals, pixel-major, lanes beyond K zero
   std::vector<float> tables[2][2];
   for (int f = 0; f < 2; ++f) {
     for (auto& t : tables[f]) t.assign((lat[f].M + 1) * Kp, 0.f);
@@ -435,7 +448,7 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
     if (step > 0) {
       for (int f = 0; f < 2; ++f) {
         float* t[2] = {tables[f][0].data(), tables[f][1].data()};
-        filtered[f] = filter_to_table(lat[f], scaled[f].data(), t, Kp);
+        filtered[f] = filter_to_table(lat[f], q.data(), t, Kp);
       }
     }
     const bool last = step == prm.iterations;
@@ -455,7 +468,7 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
           } else {
             for_each_block(Kp, [&](int64_t c0, int64_t nv) {
               with_block(nv, [&](auto b) {
-                energy_block<decltype(b)::value>(lat, filtered, minus_w, nu, p, Kp, c0, e);
+                energy_block<decltype(b)::value>(lat, filtered, nu, p, Kp, c0, e);
               });
             });
           }
@@ -486,14 +499,8 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
             for (int64_t l = 0; l < K; ++l) out[l * N + p] = e[l] / sum[i];
             continue;
           }
-          const FVec n0 = simd::broadcast(lat[0].norm[p]), n1 = simd::broadcast(lat[1].norm[p]);
-          float* dst0 = scaled[0].data() + p * Kp;
-          float* dst1 = scaled[1].data() + p * Kp;
-          for (int64_t c = 0; c < Kp; c += kL) {
-            const FVec q = simd::load(e + c) / vsum;
-            simd::store(dst0 + c, q * n0);
-            simd::store(dst1 + c, q * n1);
-          }
+          float* dst = q.data() + p * Kp;
+          for (int64_t c = 0; c < Kp; c += kL) simd::store(dst + c, simd::load(e + c) / vsum);
         }
       }
     });
