@@ -14,13 +14,14 @@
 //    into chunks of at most kChunk entries so that a large row (a flat image
 //    region) does not hold one thread for thousands of entries;
 //  * the blur neighbours are looked up in the hash tables.
-// Mean field: the normalisation n = 1 / sqrt(filter(1)) of each lattice, then
-// per iteration and lattice a splat (one thread per chunk and label, then one
-// per row and label summing its chunks in order), d + 1 blur passes (one
-// thread per row and label; row M is the zero of missing neighbours) and one
-// update: a group of G lanes (the power of 2 >= min(K, 32)) per pixel slices
-// both lattices, adds the Potts terms to -U and normalises with warp
-// shuffles, writing Q * n of each lattice, or Q after the last iteration.
+// Mean field: the normalisation n = 1 / sqrt(filter(1)) of each lattice,
+// folded into the weights (splat: times n of the pixel; slice: times n and the
+// Potts weight); then per iteration and lattice a splat of Q (one thread per
+// chunk and label, then one per row and label summing its chunks in order),
+// d + 1 blur passes (one thread per row and label; row M is the zero of
+// missing neighbours) and one update: a group of G lanes (the power of 2 >=
+// min(K, 32)) per pixel slices both lattices onto -U and normalises with warp
+// shuffles, writing Q (in place: Q is its scratch) or the output.
 // Every sum is taken in a fixed order, so the result is deterministic (the
 // hash tables' slot order varies between runs, but only the numbering of the
 // rows depends on it). Labels at or beyond an image's num_labels come out 0.
@@ -173,7 +174,7 @@ Lattice lattice_layout(const void* base, int64_t B, int64_t N, int d, int64_t M)
 // Phase 3 workspace.
 struct MeanField {
   float* neg_unary = nullptr;                  // (B N, K) log(clip(p))
-  float* scaled[2] = {nullptr, nullptr};       // (B N, K) Q * n of each lattice
+  float* q = nullptr;                          // (B N, K) the marginals; the update's scratch
   float* tables[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};  // (M + 1, K)
   float* partial[2] = {nullptr, nullptr};      // (chunks_max, K)
   size_t table_bytes[2] = {0, 0};
@@ -185,8 +186,7 @@ MeanField mean_field_layout(const void* base, int64_t B, int64_t N, int64_t K, c
   MeanField m;
   Carve c(base);
   m.neg_unary = c.take<float>(B * N * K);
-  m.scaled[0] = c.take<float>(B * N * K);
-  m.scaled[1] = c.take<float>(B * N * K);
+  m.q = c.take<float>(B * N * K);
   for (int f = 0; f < 2; ++f) {
     m.tables[f][0] = c.take<float>((M[f] + 1) * K);
     m.tables[f][1] = c.take<float>((M[f] + 1) * K);
@@ -385,6 +385,16 @@ __global__ void norm_kernel(Lattice l, const float* __restrict__ table, int pixe
   }
 }
 
+// Folds n into the weights: a splat entry's times n of its pixel, a slice
+// weight (alpha times barycentric) times n of its pixel and the Potts weight.
+__global__ void fold_kernel(Lattice l, float compat) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < l.E; e += stride) {
+    l.splat_w[e] *= l.norm[l.splat_pixel[e]];
+    l.slice_w[e] *= l.norm[e / l.D] * compat;
+  }
+}
+
 // neg_unary[b N + p, l] = log(clip(probs[b, l, p], 1e-5, 1)).
 __global__ void unary_kernel(const float* __restrict__ probs, float* __restrict__ neg_unary,
                              int B, int N, int K) {
@@ -397,21 +407,18 @@ __global__ void unary_kernel(const float* __restrict__ probs, float* __restrict_
 
 struct Update {
   const float* neg_unary;
-  float* scaled[2];  // written with Q * n; scaled[1] doubles as the scratch
-  float* out;        // (B, K, N) after the last iteration, else null
+  float* q;    // written with Q (the scratch of the update), or null after the last iteration
+  float* out;  // (B, K, N) after the last iteration, else null
   const int64_t* num_labels;
   int B, N, K, G;
   const int32_t* entry_row[2];
-  const float* slice_w[2];
-  const float* norm[2];
-  const float* table[2];  // the filtered tables (messages), or null at step 0
+  const float* slice_w[2];  // n and the Potts weight folded in
+  const float* table[2];    // the filtered tables (messages), or null at step 0
   int D[2];
-  float minus_w[2];
 };
 
 // One group of G lanes per pixel; every lane of a warp runs the shuffles.
-__global__ void update_kernel(Update u) {
-  float* scratch = u.scaled[1];
+__global__ void update_kernel(Update u, float* scratch) {
   const int pixels = u.B * u.N;
   const int64_t total = (static_cast<int64_t>(pixels) * u.G + 31) / 32 * 32;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -429,6 +436,7 @@ __global__ void update_kernel(Update u) {
     float mx = -INFINITY;
     if (active) {
       for (int lab = lane; lab < kb; lab += u.G) {
+        // -U minus the Potts terms -w n filtered (folded into the slice weights)
         float e = u.neg_unary[row + lab];
         if (u.table[0] != nullptr) {
           for (int f = 0; f < 2; ++f) {
@@ -437,7 +445,7 @@ __global__ void update_kernel(Update u) {
               const int ei = P * u.D[f] + r;
               m += u.slice_w[f][ei] * u.table[f][u.entry_row[f][ei] * u.K + lab];
             }
-            e = e - u.minus_w[f] * (m * u.norm[f][P]);
+            e += m;
           }
         }
         scratch[row + lab] = e;
@@ -457,14 +465,12 @@ __global__ void update_kernel(Update u) {
     }
     for (int off = u.G / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off, u.G);
     if (!active) continue;
-    const float n0 = u.norm[0][P], n1 = u.norm[1][P];
     for (int lab = lane; lab < u.K; lab += u.G) {
       const float q = lab < kb ? scratch[row + lab] / sum : 0.f;
       if (u.out != nullptr) {
         u.out[(static_cast<int64_t>(b) * u.K + lab) * u.N + P % u.N] = q;
       } else {
-        u.scaled[0][row + lab] = q * n0;
-        u.scaled[1][row + lab] = q * n1;
+        u.q[row + lab] = q;
       }
     }
   }
@@ -580,14 +586,15 @@ cudaError_t crf_mean_field(const float* probs, const int64_t* num_labels, float*
         return err;
     }
   }
-  // the normalisation: the filter of ones, as a K = 1 table
-  fill_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(m.scaled[0], pixels, 1.f);
+  // the normalisation: the filter of ones, as a K = 1 table; then folded in
+  fill_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(m.q, pixels, 1.f);
   for (int f = 0; f < 2; ++f) {
     const float* filtered = nullptr;
-    if ((err = filter(l[f], m.scaled[0], 1, m.partial[f], m.tables[f], &filtered, stream)) !=
+    if ((err = filter(l[f], m.q, 1, m.partial[f], m.tables[f], &filtered, stream)) !=
         cudaSuccess)
       return err;
     norm_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(l[f], filtered, pixels);
+    fold_kernel<<<blocks_for(l[f].E), kThreads, 0, stream>>>(l[f], compat[f]);
   }
   unary_kernel<<<blocks_for(B * N * K), kThreads, 0, stream>>>(probs, m.neg_unary,
                                                                static_cast<int>(B),
@@ -596,8 +603,6 @@ cudaError_t crf_mean_field(const float* probs, const int64_t* num_labels, float*
 
   Update u{};
   u.neg_unary = m.neg_unary;
-  u.scaled[0] = m.scaled[0];
-  u.scaled[1] = m.scaled[1];
   u.num_labels = num_labels;
   u.B = static_cast<int>(B);
   u.N = static_cast<int>(N);
@@ -607,9 +612,7 @@ cudaError_t crf_mean_field(const float* probs, const int64_t* num_labels, float*
   for (int f = 0; f < 2; ++f) {
     u.entry_row[f] = l[f].entry_row;
     u.slice_w[f] = l[f].slice_w;
-    u.norm[f] = l[f].norm;
     u.D[f] = l[f].D;
-    u.minus_w[f] = -compat[f];
   }
   const unsigned update_blocks = blocks_for(static_cast<int64_t>(pixels) * u.G);
   // step 0 normalises exp(-U); step s > 0 is iteration s
@@ -617,14 +620,15 @@ cudaError_t crf_mean_field(const float* probs, const int64_t* num_labels, float*
     if (step > 0) {
       for (int f = 0; f < 2; ++f) {
         const float* filtered = nullptr;
-        if ((err = filter(l[f], m.scaled[f], k, m.partial[f], m.tables[f], &filtered, stream)) !=
+        if ((err = filter(l[f], m.q, k, m.partial[f], m.tables[f], &filtered, stream)) !=
             cudaSuccess)
           return err;
         u.table[f] = filtered;
       }
     }
     u.out = step == iterations ? out : nullptr;
-    update_kernel<<<update_blocks, kThreads, 0, stream>>>(u);
+    u.q = step == iterations ? nullptr : m.q;
+    update_kernel<<<update_blocks, kThreads, 0, stream>>>(u, m.q);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;
