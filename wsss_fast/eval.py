@@ -281,6 +281,20 @@ def _about(name: str) -> Iterator[None]:
         raise DataError(f"{name}: {exc}") from exc
 
 
+def evaluate_labels(names: Sequence[str], load: Callable[[str], tuple], num_classes: int, *,
+                    void_pred: str = "background", device: torch.device | str = "cpu",
+                    progress: bool = True, desc: str = "eval") -> dict:
+    """Evaluates the (prediction, ground truth) label maps ``load(name)``
+    gives for every name; returns :meth:`ConfusionMatrix.scores`. An error
+    about one image's values names it."""
+    confusion = ConfusionMatrix(num_classes, device=device, void_pred=void_pred)
+    with _one_torch_thread(device):
+        for name, (pred, gt) in _loaded(names, load, desc, progress):
+            with _about(name):
+                confusion.update(pred, gt)
+    return confusion.scores()
+
+
 def evaluate_label_dirs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes: int, *,
                         names: Sequence[str] | None = None, void_pred: str = "background",
                         device: torch.device | str = "cpu", progress: bool = True) -> dict:
@@ -288,17 +302,12 @@ def evaluate_label_dirs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, 
     every name (default: every PNG in ``pred_dir``). Returns
     :meth:`ConfusionMatrix.scores`."""
     names = list(names) if names is not None else names_in(pred_dir, ".png")
-    confusion = ConfusionMatrix(num_classes, device=device, void_pred=void_pred)
 
     def load(name):
         return (load_label_png(Path(pred_dir) / f"{name}.png"),
                 load_label_png(Path(gt_dir) / f"{name}.png"))
 
-    with _one_torch_thread(device):
-        for name, (pred, gt) in _loaded(names, load, "eval", progress):
-            with _about(name):
-                confusion.update(pred, gt)
-    return confusion.scores()
+    return evaluate_labels(names, load, num_classes, void_pred=void_pred, device=device, progress=progress)
 
 
 def evaluate_cam_dir(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes: int, *,

@@ -54,10 +54,23 @@ class TrainConfig:
     """Optimisation settings; each stage's defaults follow its reference.
 
     lr_mult: learning-rate multipliers of the four parameter groups
-        (pretrained weight, pretrained bias, new weight, new bias); biases get
-        no weight decay, as in PSA and DRS.
-    schedule: "poly" (lr x (1 - step / steps) ** poly_power, per step) or
-        "step" (lr x gamma at each epoch of ``milestones``).
+        (pretrained weight, pretrained bias, new weight, new bias).
+    bias_decay: weight decay on the biases too (DRS's train_cls.py gives SGD
+        one weight_decay for every group); False keeps biases free of it, as
+        PSA, SC-CAM and DeepLab do.
+    schedule: "poly" (lr x (1 - step / steps) ** poly_power) or "step" (lr x
+        gamma at each epoch of ``milestones``, 0-based).
+    poly_every: the poly factor is recomputed every ``poly_every`` steps only
+        (deeplab-pytorch's PolynomialLR with step_size 10: lr x (1 - s' /
+        steps) ** power, s' = step rounded down to a multiple of it).
+    stop_epoch: train only the first ``stop_epoch`` of the ``epochs`` the
+        schedule spans (SC-CAM keeps the checkpoint of epoch 30, 40 or 50 of
+        a 61-epoch poly schedule); None trains all of them.
+    max_steps: the schedule spans, and training stops after, this many steps
+        (deeplab-pytorch's ITER_MAX), ``epochs`` being enough whole epochs to
+        hold them; None: every step of ``epochs`` epochs.
+    drop_last: drop each epoch's last partial batch (PSA, SC-CAM); False
+        trains on it too (DRS's DataLoader keeps it).
     """
     epochs: int = 15
     batch_size: int = 8
@@ -67,10 +80,15 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
+    bias_decay: bool = False
     schedule: str = "poly"          # "poly" or "step"
     poly_power: float = 0.9
+    poly_every: int = 1
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    stop_epoch: int | None = None
+    max_steps: int | None = None
+    drop_last: bool = True
     seed: int = 0
     num_workers: int = 2
     amp: bool = True                # mixed precision, on CUDA only
@@ -86,6 +104,12 @@ class TrainConfig:
             raise UsageError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("poly", "step"):
             raise UsageError(f"schedule must be 'poly' or 'step', got {self.schedule!r}")
+        if self.poly_every < 1:
+            raise UsageError(f"poly_every must be >= 1, got {self.poly_every}")
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise UsageError(f"stop epoch {self.stop_epoch} must lie in 1..{self.epochs} (the schedule's epochs)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
 
 
 def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -93,7 +117,7 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> 
     param_groups = []
     for name, mult in zip(GROUP_NAMES, cfg.lr_mult):
         if groups.get(name):
-            wd = 0.0 if name.endswith("bias") else cfg.weight_decay
+            wd = 0.0 if name.endswith("bias") and not cfg.bias_decay else cfg.weight_decay
             param_groups.append({"params": groups[name], "lr": cfg.lr * mult, "initial_lr": cfg.lr * mult,
                                  "weight_decay": wd, "name": name})
     if not param_groups:
@@ -104,10 +128,10 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> 
 
 
 def lr_factor(cfg: TrainConfig, epoch: int, step: int, total_steps: int) -> float:
-    """Multiplier of the initial learning rates at global ``step`` of
-    ``total_steps`` (``epoch`` counts from 0)."""
+    """Multiplier of the initial learning rates at global ``step`` (from 0)
+    of ``total_steps`` (``epoch`` counts from 0)."""
     if cfg.schedule == "poly":
-        return (1.0 - step / total_steps) ** cfg.poly_power
+        return (1.0 - step // cfg.poly_every * cfg.poly_every / total_steps) ** cfg.poly_power
     return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 
@@ -268,28 +292,35 @@ class Trainer:
         if per_rank < 1:
             raise UsageError(f"the training set has {len(dataset)} images, fewer than the {self.world} processes")
         batch_size = min(self.cfg.batch_size // self.world, per_rank)  # per process
-        steps_per_epoch = per_rank // batch_size
+        steps_per_epoch = per_rank // batch_size if self.cfg.drop_last else -(-per_rank // batch_size)
         total = steps_per_epoch * self.cfg.epochs
+        if self.cfg.max_steps is not None:
+            if self.cfg.max_steps > total:
+                raise UsageError(f"{self.cfg.max_steps} steps do not fit in {self.cfg.epochs} epochs of "
+                                 f"{steps_per_epoch} steps")
+            total = self.cfg.max_steps
+        last_epoch = self.cfg.stop_epoch or min(self.cfg.epochs, -(-total // steps_per_epoch))
         if start == 0:
             self._log({"event": "start", "config": asdict(self.cfg), "metadata": self.metadata,
                        "images": len(dataset), "steps_per_epoch": steps_per_epoch, "processes": self.world,
                        "batch_per_process": batch_size})
-        for epoch in range(start, self.cfg.epochs):
+        for epoch in range(start, last_epoch):
             torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)
             dataset.set_epoch(epoch)
             order = epoch_order(len(dataset), self.cfg.seed, epoch, self.rank, self.world)
-            batches = [order[i:i + batch_size] for i in range(0, steps_per_epoch * batch_size, batch_size)]
+            steps = min(steps_per_epoch, total - epoch * steps_per_epoch)
+            batches = [order[i:i + batch_size] for i in range(0, steps * batch_size, batch_size)]
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                                 num_workers=self.cfg.num_workers,
                                 pin_memory=self.device.type == "cuda")
-            self._run_epoch(loader, epoch, steps_per_epoch, total)
+            self._run_epoch(loader, epoch, steps_per_epoch, total, last_epoch)
             if self.main:
                 self._save_checkpoint(epoch)
         if self.main:
             payload = {"model": self.module.state_dict(), "metadata": self.metadata, "config": asdict(self.cfg)}
             with atomic_output(final) as tmp:
                 torch.save(payload, tmp)
-        self._log({"event": "done", "epochs": self.cfg.epochs})
+        self._log({"event": "done", "epochs": last_epoch})
         distributed.barrier()  # final.pt exists before any rank returns it
         return final
 
@@ -311,12 +342,13 @@ class Trainer:
         torch.distributed.all_reduce(values)
         return dict(zip(keys, (values / self.world).tolist()))
 
-    def _run_epoch(self, loader: DataLoader, epoch: int, steps_per_epoch: int, total: int) -> None:
+    def _run_epoch(self, loader: DataLoader, epoch: int, steps_per_epoch: int, total: int,
+                   last_epoch: int) -> None:
         self.model.train()
         sums: dict[str, float] = {}
         seen = 0
         start = time.perf_counter()
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = tqdm(loader, total=len(loader), desc=f"{self.desc} epoch {epoch + 1}/{last_epoch}",
                    disable=not self.progress, leave=False)
         for i, batch in enumerate(bar):
             if not self._all_have(batch):  # every image of a batch was a skipped corrupt one
@@ -348,7 +380,7 @@ class Trainer:
         means = self._mean_over_ranks({k: v / max(seen, 1) for k, v in sums.items()})
         self._log({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start, **means})
         if self.progress:
-            print(f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}: "
+            print(f"{self.desc} epoch {epoch + 1}/{last_epoch}: "
                   + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 

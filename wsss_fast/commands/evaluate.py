@@ -26,6 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
+    from ..stages.labels import ALPHA, SALIENCY_THRESHOLD
+
     p = subparsers.add_parser(
         "eval", help="mIoU of label-map PNGs against ground truth",
         description="Confusion matrix over all images (gt 255 ignored); per-class IoU, precision, "
@@ -49,6 +51,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threshold", type=float, metavar="T",
                    help="report the table and top-level JSON at T (default: the sweep's best, which "
                         "is chosen on this ground truth)")
+    p.add_argument("--saliency", type=Path, metavar="DIR",
+                   help="score with DRS's saliency background instead of a threshold (scripts/test_cls.py): "
+                        "maps below --alpha dropped, background = 1 - (saliency > --saliency-threshold), "
+                        "argmax; saliency maps <name>.png, grey 0-255")
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"with --saliency: DRS's object cue (default {ALPHA})")
+    p.add_argument("--saliency-threshold", type=float, default=SALIENCY_THRESHOLD, metavar="V",
+                   help=f"with --saliency: salient where the map is > V of 255 (default {SALIENCY_THRESHOLD}, "
+                        "DRS code)")
     p.set_defaults(func=run_eval_cam)
 
 
@@ -100,6 +110,8 @@ def run_eval_cam(args: argparse.Namespace) -> None:
                         parse_sweep)
     from ..plots import plot_class_iou, plot_threshold_sweep
 
+    if args.saliency is not None:
+        return _eval_cam_saliency(args)
     try:
         swept = parse_sweep(args.sweep)
     except ValueError as exc:
@@ -133,3 +145,27 @@ def run_eval_cam(args: argparse.Namespace) -> None:
                                  f"{stem}_sweep.png", marks)
             plot_class_iou(class_names, chosen["iou"], f"{stem}_iou.png",
                            title=f"threshold {chosen['threshold']:g}: mIoU {100 * chosen['miou']:.2f}%")
+
+
+def _eval_cam_saliency(args: argparse.Namespace) -> None:
+    """eval-cam --saliency: one score, DRS's saliency rule, no sweep."""
+    from ..eval import class_names_for, format_table
+    from ..plots import plot_class_iou
+    from ..stages.labels import evaluate_with_saliency
+
+    if args.threshold is not None:
+        raise UsageError("--threshold and --saliency exclude each other: the saliency map is the background")
+    class_names = class_names_for(args.gt, args.num_classes)
+    scores = evaluate_with_saliency(args.cam, args.saliency, args.gt, len(class_names), names=_names(args),
+                                    alpha=args.alpha, saliency_threshold=args.saliency_threshold,
+                                    device=args.device, progress=not args.no_progress)
+    print(format_table(scores, class_names))
+    print(f"background from saliency maps {args.saliency} (> {args.saliency_threshold:g}), object cue "
+          f"alpha {args.alpha:g}")
+    if args.json:
+        _write_json(args.json, {**scores, "class_names": list(class_names), "cam": str(args.cam),
+                                "gt": str(args.gt), "saliency": str(args.saliency), "alpha": args.alpha,
+                                "saliency_threshold": args.saliency_threshold})
+        if not args.no_plots:
+            plot_class_iou(class_names, scores["iou"], args.json.with_name(args.json.stem + "_iou.png"),
+                           title=f"saliency background: mIoU {100 * scores['miou']:.2f}%")

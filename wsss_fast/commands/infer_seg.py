@@ -7,6 +7,8 @@ from pathlib import Path
 from ..errors import UsageError
 from . import add_crf_backend_flag, add_device_flags, default_device, int_at_least, output_dir
 
+REFERENCE_FLAGS = ("--msc", "0.5,0.75")  # what --reference stands for (deeplab-pytorch's MSC test)
+
 
 def _scales(text: str) -> tuple[float, ...]:
     try:
@@ -32,6 +34,12 @@ def add_parser(subparsers) -> None:
                    help="input scales, logits averaged (default 1.0, as the reference test; multi-scale: "
                         "0.5,0.75,1,1.25,1.5 with --flip)")
     p.add_argument("--flip", action="store_true", help="also run mirrored images")
+    p.add_argument("--msc", type=_scales, default=(), metavar="S[,S...]",
+                   help="deeplab-pytorch's MSC at test: each pass's logits are the element-wise max over the "
+                        "input and its copies scaled by S (reference: 0.5,0.75; default: none)")
+    p.add_argument("--reference", action="store_true",
+                   help=f"deeplab-pytorch's test: {' '.join(REFERENCE_FLAGS)} at scale 1, no flip (an explicit --msc "
+                        "wins)")
     p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
     add_crf_backend_flag(p)
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
@@ -43,6 +51,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-eval", action="store_true", help="only write the label maps")
     add_device_flags(p)
     p.set_defaults(func=run)
+
+
+def msc_from_args(args: argparse.Namespace) -> tuple[float, ...]:
+    """The MSC factors of the flags (--msc, else deeplab-pytorch's with --reference)."""
+    from ..stages.segment.train import REFERENCE_RECIPE
+
+    if args.reference and (args.scales != (1.0,) or args.flip):
+        raise UsageError("--reference tests at scale 1 without flip, as deeplab-pytorch; leave out --scales/--flip")
+    return tuple(args.msc) or (REFERENCE_RECIPE.msc if args.reference else ())
 
 
 def run(args: argparse.Namespace) -> None:
@@ -57,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     if tuple(meta["class_names"]) != voc.class_names:
         raise UsageError(f"the model was trained on classes {', '.join(meta['class_names'])} but {voc.root} "
                          f"has {', '.join(voc.class_names)}")
-    summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip,
+    msc = msc_from_args(args)
+    summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip, msc=msc,
                             crf=args.crf, batch_size=args.batch_size,
                             device=default_device(args.device),
                             num_workers=2 if args.num_workers is None else args.num_workers,

@@ -18,9 +18,10 @@ from .voc import VOCRoot
 class LabelledImages(ImagesWith):
     """Images of ``split`` with ``<labels_dir>/<name>.png`` as ``target``.
 
-    Each item is a dict: ``name``, ``image`` (uint8 tensor (3, H, W), RGB)
-    and ``target`` (int64 tensor (H, W): class indices 0..num_classes-1,
-    255 ignored).
+    Each item is a dict: ``name``, ``image`` (uint8 tensor (3, H, W), RGB),
+    ``target`` (int64 tensor (H, W): class indices 0..num_classes-1, 255
+    ignored) and, with ``image_labels``, ``label`` (float32 (C,) multi-hot of
+    the image's object classes, as :class:`VOCSegmentation` gives it).
 
     Missing label files and a missing folder are reported when the dataset
     is built; a label map whose size differs from its image, or that holds a
@@ -32,11 +33,12 @@ class LabelledImages(ImagesWith):
         split: split name or list file (see :meth:`VOCRoot.split`).
         labels_dir: folder of label PNGs (palette, grey-level or VOC RGB).
         on_corrupt: see :class:`VOCSegmentation`.
+        image_labels: also give each image's class labels.
     """
 
     def __init__(self, root: str | os.PathLike | VOCRoot, split: str, labels_dir: str | os.PathLike, *,
-                 on_corrupt: str = "stop"):
-        super().__init__(VOCSegmentation(root, split, labels=False, on_corrupt=on_corrupt))
+                 on_corrupt: str = "stop", image_labels: bool = False):
+        super().__init__(VOCSegmentation(root, split, labels=image_labels, on_corrupt=on_corrupt))
         self.labels_dir = Path(labels_dir)
         if not self.labels_dir.is_dir():
             raise DataError(f"label folder {self.labels_dir} is not a directory")

@@ -13,6 +13,8 @@ network::
     class_names       background first
     subcategories     classifiers only: K of SC-CAM's second head, or 0
     dropout           classifiers only: dropout before the heads
+    head_bias         classifiers only: whether the class head has a bias
+                      (absent: False)
     method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
     head              segmentation only: "aspp" or "largefov"
     radius, head_norm affinity only: pair radius and the head's normalisation
@@ -81,7 +83,8 @@ def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
     if meta["kind"] == "classifier":
         model = Classifier(backbone, int(meta["num_classes"]),
                            subcategories=int(meta.get("subcategories") or 0),
-                           dropout=float(meta.get("dropout") or 0.0))
+                           dropout=float(meta.get("dropout") or 0.0),
+                           head_bias=bool(meta.get("head_bias", False)))
     elif meta["kind"] == "segmentation":
         model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
     elif meta["kind"] == "affinity":

@@ -1,13 +1,18 @@
 """The image classifier of CAM, DRS and SC-CAM: a backbone, a 1x1
-convolution without bias to C classes (the CAM head), global average
-pooling, and for SC-CAM a second head to C * K sub-categories."""
+convolution to C classes (the CAM head; no bias unless asked), global
+average pooling, and for SC-CAM a second head to C * K sub-categories."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, param_groups
+
+
+HEAD_INITS = ("xavier", "he")
 
 
 class Classifier(nn.Module):
@@ -20,12 +25,17 @@ class Classifier(nn.Module):
             (0: none).
         dropout: channel dropout on the features before the heads (PSA's
             ResNet-38 classifier uses 0.5).
-
-    Heads are initialised with Xavier-uniform weights, as PSA's.
+        head_bias: give the class head a bias (DRS's ``extra_conv4`` has
+            one; PSA's and SC-CAM's ``fc8`` has none). The CAM then includes
+            the bias, as DRS's CAMs do.
+        head_init: "xavier" (Xavier-uniform, PSA and SC-CAM) or "he" (normal
+            with std sqrt(2 / (k * k * out_channels)), DRS's
+            ``_initialize_weights``: sqrt(2 / 20) for VOC); a bias starts at 0.
+            The sub-category head is always Xavier-uniform, as SC-CAM's.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, *, subcategories: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, head_bias: bool = False, head_init: str = "xavier"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"Classifier: num_classes must be >= 1, got {num_classes}")
@@ -34,9 +44,16 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.subcategories = subcategories
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"Classifier: head_init must be one of {HEAD_INITS}, got {head_init!r}")
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
-        nn.init.xavier_uniform_(self.head.weight)
+        self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=head_bias)
+        if head_init == "xavier":
+            nn.init.xavier_uniform_(self.head.weight)
+        else:
+            nn.init.normal_(self.head.weight, 0.0, math.sqrt(2.0 / num_classes))  # fan-out of a 1x1 conv
+        if head_bias:
+            nn.init.zeros_(self.head.bias)
         self.sub_head = None
         if subcategories:
             self.sub_head = nn.Conv2d(backbone.out_channels, num_classes * subcategories, 1, bias=False)

@@ -1,5 +1,13 @@
-"""Conversion of other frameworks' weight files to our layouts, without
-those frameworks.
+"""Conversion of other frameworks' and the references' weight files to our
+layouts, without those frameworks.
+
+- MXNet's ImageNet ResNet-38 (below) to PSA's module names.
+- PSA's ResNet-38 classifier (``res38_cls.pth``, SC-CAM's round 0) to
+  :class:`wsss_fast.models.Classifier`: :func:`psa_classifier_state`.
+- deeplab-pytorch's Caffe-derived ResNet-101 DeepLab files (the COCO
+  initialisation ``deeplabv1_resnet101-coco.pth`` and
+  ``DeepLabV2_ResNet101_MSC`` checkpoints) to :class:`wsss_fast.models.DeepLab`
+  on ``resnet101(layout="deeplab")``: :func:`deeplab_pytorch_state`.
 
 MXNet ``.params`` files (``mx.nd.save``; the ImageNet ResNet-38 of PSA and
 SC-CAM, ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``) are parsed with numpy.
@@ -164,3 +172,63 @@ def resnet38_state_from_mxnet(path: str | os.PathLike) -> tuple[dict[str, torch.
         else:
             state[name] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return state, dropped
+
+
+def psa_classifier_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our Classifier's keys for PSA's / SC-CAM's round-0 ResNet-38
+    classifier (network/resnet38_cls.py: the backbone's modules at the top
+    level, ``fc8`` the 1x1 class head without bias): ``fc8.weight`` ->
+    ``head.weight``, every other key -> ``backbone.<key>``."""
+    if "fc8.weight" not in state:
+        raise WeightsError("not a PSA classifier state dict: it has no fc8.weight (the class head)")
+    return {("head.weight" if k == "fc8.weight" else f"backbone.{k}"): v for k, v in state.items()}
+
+
+# deeplab-pytorch (libs/models/resnet.py, deeplabv2.py): _Stem "layer1.conv1",
+# _ResLayer "layer2".."layer5" of _Bottleneck "block<i>" with _ConvBnReLU
+# "reduce" / "conv3x3" / "increase" / "shortcut" ("conv" + "bn" each), and
+# _ASPP "aspp.c<i>"; DeepLabV1's 91-class COCO classifier "fc" (dropped).
+# One rule per part: its pattern and our name (None: dropped).
+_DL_BRANCH = {("reduce", "conv"): "conv1", ("reduce", "bn"): "bn1", ("conv3x3", "conv"): "conv2",
+              ("conv3x3", "bn"): "bn2", ("increase", "conv"): "conv3", ("increase", "bn"): "bn3",
+              ("shortcut", "conv"): "downsample.0", ("shortcut", "bn"): "downsample.1"}
+_DL_RULES = (
+    (re.compile(r"fc\.(weight|bias)"), lambda m: None),
+    (re.compile(r"layer1\.conv1\.(conv|bn)\.(\w+)"),
+     lambda m: f"backbone.{'conv1' if m[1] == 'conv' else 'bn1'}.{m[2]}"),
+    (re.compile(r"layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(\w+)"),
+     lambda m: f"backbone.layer{int(m[1]) - 1}.{int(m[2]) - 1}.{_DL_BRANCH[m[3], m[4]]}.{m[5]}"),
+    (re.compile(r"aspp\.c(\d+)\.(weight|bias)"), lambda m: f"head.branches.{m[1]}.{m[2]}"),
+)
+_DL_PREFIX = re.compile(r"^(module\.)?(base\.)?")
+
+
+def deeplab_pytorch_name(key: str) -> str | None:
+    """Our DeepLab key (``backbone.*``, ``head.branches.*``) of a
+    deeplab-pytorch key (``base.`` / ``module.`` prefixes optional); None
+    for DeepLab-v1's COCO classifier ``fc.*``. Raises WeightsError for a key
+    of neither network."""
+    name = _DL_PREFIX.sub("", key)
+    for pattern, ours in _DL_RULES:
+        m = pattern.fullmatch(name)
+        if m:
+            return ours(m)
+    raise WeightsError(f"{key!r} is not a deeplab-pytorch ResNet-101 DeepLab key")
+
+
+def is_deeplab_pytorch(state: dict) -> bool:
+    """Whether a state dict has deeplab-pytorch's key names (its stem)."""
+    return any(_DL_PREFIX.sub("", k) == "layer1.conv1.conv.weight" for k in state)
+
+
+def deeplab_pytorch_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our DeepLab state dict (float32) of a deeplab-pytorch one, and the
+    keys it leaves out (DeepLab-v1's COCO classifier)."""
+    out, dropped = {}, []
+    for key, value in state.items():
+        name = deeplab_pytorch_name(key)
+        if name is None:
+            dropped.append(key)
+        else:
+            out[name] = value.float() if value.is_floating_point() else value
+    return out, dropped

@@ -4,9 +4,10 @@ DeepLab-LargeFOV on VGG-16.
 
 Both heads map the backbone's stride-8 features to per-class logits at the
 same stride; :class:`DeepLab` returns those logits, and the caller brings them
-to the label size (training upsamples them bilinearly, see
-:func:`segmentation_loss`; inference upsamples them in
-:func:`wsss_fast.inference.multiscale_maps`).
+to the label size (training upsamples them bilinearly, or shrinks the labels
+to them, see :func:`segmentation_loss`; inference upsamples them in
+:func:`wsss_fast.inference.multiscale_maps`). :func:`msc_logits` is
+deeplab-pytorch's multi-scale-input wrapper (MSC).
 
 LargeFOV attaches to VGG-16's relu5_3 output (conv5 with dilation 2 after a
 stride-1 pool4), so its backbone must return conv5 from ``forward``:
@@ -15,7 +16,8 @@ extra convolutions of the DRS classifier).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,9 +109,16 @@ class DeepLab(nn.Module):
         self.head_name = head
         self.head = (ASPP if head == "aspp" else LargeFOV)(backbone.out_channels, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, msc: Sequence[float] = ()) -> torch.Tensor | list[torch.Tensor]:
         """(N, 3, H, W) normalised images -> (N, num_classes, h, w) logits at
-        the backbone's stride (h = ceil(H / 8) for stride 8)."""
+        the backbone's stride (h = ceil(H / 8) for stride 8); with ``msc``
+        scales, the list of :func:`msc_logits` (one forward call, so that
+        DistributedDataParallel sees one pass per step)."""
+        if msc:
+            return msc_logits(self._logits, x, msc)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -117,15 +126,62 @@ class DeepLab(nn.Module):
         return param_groups(self, new_prefixes=("head.",))
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+LOSS_AT = ("image", "logits")
+
+
+def msc_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+               scales: Sequence[float]) -> list[torch.Tensor]:
+    """deeplab-pytorch's MSC (libs/models/msc.py): the logits ``model`` gives for ``x``, for
+    ``x`` resized by each factor of ``scales`` (bilinear, align_corners
+    False, ``scale_factor`` as given, so each side is floor(side * s)), and
+    their element-wise maximum after resizing each to the first one's grid
+    (bilinear, align_corners False): ``[l_1, l_s1, l_s2, ..., l_max]``.
+    Training takes a loss of each; inference takes ``l_max``."""
+    logits = model(x)
+    pyramid = [model(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)) for s in scales]
+    size = logits.shape[-2:]
+    resized = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
+    return [logits, *pyramid, torch.stack([logits, *resized]).amax(0)]
+
+
+@functools.lru_cache(maxsize=256)
+def pil_nearest_index(n_out: int, n_in: int) -> tuple[int, ...]:
+    """Source indices of PIL's ``resize(NEAREST)`` along one axis (Pillow's
+    ImagingScaleAffine: position ``a / 2``, then ``+= a`` per output pixel in
+    float64, ``a = n_in / n_out``, truncated); the running sum's rounding is
+    part of the result (300 -> 38 takes row 74, not 75, for output row 9)."""
+    step, position, out = n_in / n_out, n_in / n_out * 0.5, []
+    for _ in range(n_out):
+        out.append(min(int(position), n_in - 1))
+        position += step
+    return tuple(out)
+
+
+def shrink_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Label maps (..., H, W) resized to ``size`` = (h, w) by nearest
+    neighbour exactly as PIL's ``Image.resize(NEAREST)`` (deeplab-pytorch's
+    main.py resize_labels); see :func:`pil_nearest_index`."""
+    height, width = target.shape[-2:]
+    rows = torch.tensor(pil_nearest_index(int(size[0]), height), device=target.device)
+    cols = torch.tensor(pil_nearest_index(int(size[1]), width), device=target.device)
+    return target[..., rows[:, None], cols[None, :]]
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, at: str = "image") -> torch.Tensor:
     """Cross-entropy of stride-8 ``logits`` (N, C, h, w) against label maps
     ``target`` (N, H, W) int64 (255 ignored), averaged over labelled pixels.
 
-    The logits are upsampled bilinearly (align_corners=False) to (H, W), so
-    every labelled pixel counts; the references instead shrink the labels to
-    (h, w) by nearest-neighbour sampling. A batch without any labelled pixel
+    ``at`` "image" (default) upsamples the logits bilinearly
+    (align_corners=False) to (H, W), so every labelled pixel counts; "logits"
+    shrinks the labels to (h, w) instead (:func:`shrink_labels`), as the
+    references (deeplab-pytorch) do. A batch without any labelled pixel
     gives 0 (not NaN) and no gradient.
     """
-    logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    if at not in LOSS_AT:
+        raise ValueError(f"segmentation_loss: at must be one of {LOSS_AT}, got {at!r}")
+    if at == "image":
+        logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        logits, target = logits.float(), shrink_labels(target, logits.shape[-2:])
     total = F.cross_entropy(logits, target, ignore_index=VOID, reduction="sum")
     return total / (target != VOID).sum().clamp(min=1)

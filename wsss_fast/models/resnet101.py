@@ -1,13 +1,27 @@
-"""ResNet-101 with torchvision's module names and block layout, dilated to
-output stride 8 as DeepLab-v2 uses it.
+"""ResNet-101 with torchvision's module names, dilated to output stride 8
+as DeepLab-v2 uses it, in two layouts.
 
-Layout (torchvision ``resnet101(replace_stride_with_dilation=[False, True,
-True])``): conv1 7x7 stride 2, bn1, ReLU, 3x3 stride-2 max pooling; layer1..4
-of 3, 4, 23, 3 bottlenecks (1x1, 3x3, 1x1 convolutions without bias, each
-followed by BatchNorm; the stride sits in the 3x3; a 1x1 conv + BN
+``layout="torchvision"`` (default; torchvision ``resnet101(
+replace_stride_with_dilation=[False, True, True])``, whose ImageNet weights
+anyone can get): conv1 7x7 stride 2, bn1, ReLU, 3x3 stride-2 max pooling;
+layer1..4 of 3, 4, 23, 3 bottlenecks (1x1, 3x3, 1x1 convolutions without
+bias, each followed by BatchNorm; the stride sits in the 3x3; a 1x1 conv + BN
 ``downsample`` shortcut on each layer's first block). layer3 and layer4 keep
 stride 1 and dilate their 3x3 convolutions by 2 and 4, except the first block
-of each, which keeps the previous dilation (1 and 2).
+of each, which keeps the previous dilation (1 and 2). ImageNet-normalised RGB
+input. Output (N, 2048, ceil(H/8), ceil(W/8)).
+
+``layout="deeplab"``: the MSRA/Caffe ResNet-101 of DeepLab-v2 as
+deeplab-pytorch builds it (libs/models/resnet.py) for its COCO-pretrained
+initialisation: the stride sits in the first 1x1 convolution, every block of
+layer3 / layer4 is dilated by 2 / 4 (their first included), the max pooling
+rounds up (ceil_mode), and the network sees Caffe's input: BGR in 0..255
+minus the mean (104.008, 116.669, 122.675), no scaling. It still takes
+ImageNet-normalised RGB like every backbone here and converts it inside, so
+the pipeline's transforms stay the same. Its output is h = ceil((ceil((H -
+1) / 2 + 1) - 1) / 2 + 1) -> floor((h - 1) / 2) + 1 (41 for 321, 21 for 160),
+not always ceil(H/8). Its weights: deeplab-pytorch's ``.pth`` files, read
+with their own key names (wsss_fast.models.convert.deeplab_pytorch_state).
 """
 from __future__ import annotations
 
@@ -16,10 +30,12 @@ import os
 import torch
 from torch import nn
 
-from .backbone import Backbone
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from .weights import load_backbone_weights
 
 LAYERS = (3, 4, 23, 3)
+LAYOUTS = ("torchvision", "deeplab")
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)  # deeplab-pytorch configs/voc12.yaml IMAGE.MEAN
 
 
 class Bottleneck(nn.Module):
@@ -29,11 +45,12 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+                 downsample: nn.Module | None = None, stride_in_1x1: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, width, 1, stride if stride_in_1x1 else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, 1 if stride_in_1x1 else stride, padding=dilation,
+                               dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, width * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(width * self.expansion)
@@ -55,19 +72,23 @@ class ResNet101(Backbone):
     Args:
         frozen_bn: keep BatchNorm statistics and affine parameters fixed
             (DeepLab-v2 does; default True).
+        layout: "torchvision" or "deeplab" (module docstring).
 
     ``forward_stages`` returns the outputs of layer2 (512 ch), layer3 (1024)
     and layer4 (2048), all at stride 8: like PSA's ResNet-38 taps, the end of
     the last downsampling stage and the two stages after it.
     """
 
-    def __init__(self, frozen_bn: bool = True):
+    def __init__(self, frozen_bn: bool = True, layout: str = "torchvision"):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"resnet101: layout must be one of {LAYOUTS}, got {layout!r}")
         self.frozen_bn = bool(frozen_bn)
+        self.layout = layout
         self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=layout == "deeplab")
         self._cin = 64
         self._dilation = 1
         self.layer1 = self._make_layer(64, LAYERS[0])
@@ -84,31 +105,57 @@ class ResNet101(Backbone):
 
     def _make_layer(self, width: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         # A dilated layer replaces its stride 2 with dilation 2; its first block
-        # keeps the dilation before it (torchvision's rule).
+        # keeps the dilation before it (torchvision's rule), or takes the
+        # layer's (deeplab-pytorch's _ResLayer).
         first_dilation = self._dilation
         if dilate:
             self._dilation *= 2
+        deeplab = self.layout == "deeplab"
+        if deeplab:
+            first_dilation = self._dilation
         cout = width * Bottleneck.expansion
         downsample = None
         if stride != 1 or self._cin != cout:
             downsample = nn.Sequential(nn.Conv2d(self._cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        layers = [Bottleneck(self._cin, width, stride, first_dilation, downsample)]
+        layers = [Bottleneck(self._cin, width, stride, first_dilation, downsample, stride_in_1x1=deeplab)]
         layers += [Bottleneck(cout, width, dilation=self._dilation) for _ in range(1, blocks)]
         self._cin = cout
         return nn.Sequential(*layers)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.layout == "deeplab":
+            x = caffe_input(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer2(self.layer1(x))
         c3 = self.layer3(c2)
         return [c2, c3, self.layer4(c3)]
 
 
-def resnet101(weights: str | os.PathLike | None = None, frozen_bn: bool = True) -> ResNet101:
+def caffe_input(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised RGB (N, 3, H, W) -> Caffe's input: BGR in 0..255
+    minus :data:`CAFFE_MEAN_BGR` (deeplab-pytorch libs/datasets/base.py:
+    image -= mean_bgr, no division)."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = (x * std + mean) * 255.0
+    return rgb.flip(1) - x.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+
+
+def resnet101(weights: str | os.PathLike | None = None, frozen_bn: bool = True,
+              layout: str = "torchvision") -> ResNet101:
     """Dilated ResNet-101 (see :class:`ResNet101`) from a torchvision-format
-    state dict (``fc.*`` reported as unexpected) or randomly initialised
+    state dict (``fc.*`` reported as unexpected), a deeplab-pytorch file
+    (``deeplabv1_resnet101-coco.pth``, whose COCO classifier is dropped, or a
+    ``DeepLabV2_ResNet101_MSC`` checkpoint, whose ASPP is reported as
+    unexpected; meant for ``layout="deeplab"``) or randomly initialised
     (None)."""
-    model = ResNet101(frozen_bn=frozen_bn)
+    from .convert import deeplab_pytorch_state, is_deeplab_pytorch
+    from .weights import read_state_dict
+
+    model = ResNet101(frozen_bn=frozen_bn, layout=layout)
     if weights is not None:
-        load_backbone_weights(model, weights, what="ResNet-101")
+        state = read_state_dict(weights)
+        if is_deeplab_pytorch(state):
+            state = {k.removeprefix("backbone."): v for k, v in deeplab_pytorch_state(state)[0].items()}
+        load_backbone_weights(model, state, what="ResNet-101", origin=f"weights file {weights}")
     return model

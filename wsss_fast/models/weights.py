@@ -33,17 +33,33 @@ class LoadReport(NamedTuple):
         return "; ".join(parts) or "all keys matched"
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.pth`` file: a state dict, or a checkpoint dict
-    holding one under ``state_dict`` or ``model``. Raises WeightsError
-    naming the file when it is missing or not such a file."""
+def read_weights_file(path: str | os.PathLike):
+    """The object of a ``.pth`` file, loaded with ``torch.load(weights_only=
+    True)`` (:func:`wsss_fast.training.read_torch_file`): tensors, containers
+    and plain values only; a pickle that would import anything else is
+    refused, never executed. Raises WeightsError in one line naming the file."""
+    from ..errors import UsageError
+    from ..training import read_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        return read_torch_file(path, "weights file")
+    except UsageError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` file: a state dict, or a checkpoint dict
+    holding one under ``state_dict`` or ``model``. Raises WeightsError
+    naming the file when it is missing or not such a file."""
+    return state_dict_of(read_weights_file(path), path)
+
+
+def state_dict_of(obj, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in the object ``read_weights_file(path)`` returned
+    (see :func:`read_state_dict`), ``module.`` prefixes stripped."""
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -55,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                  key_map: Callable[[str], str | None] | None = None,
                  required: Callable[[str], bool] = lambda key: True,
-                 what: str = "model") -> LoadReport:
+                 what: str = "model", origin: str | None = None) -> LoadReport:
     """Copies matching tensors from ``source`` (a file or a state dict) into
     ``model``.
 
@@ -66,11 +82,14 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
             a shared key has another shape, this raises WeightsError naming
             them: the file is the wrong one. Other missing keys are reported.
         what: the model's name in messages.
+        origin: where a state dict ``source`` came from, for messages
+            (default "weights file <source>" for a file, else "state dict").
 
     Returns:
         :class:`LoadReport` of missing and unexpected keys (after key_map).
     """
-    origin = f"weights file {source}" if isinstance(source, (str, os.PathLike)) else "state dict"
+    if origin is None:
+        origin = f"weights file {source}" if isinstance(source, (str, os.PathLike)) else "state dict"
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
     if key_map is not None:
         mapped = {}
@@ -98,12 +117,12 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
 
 
 def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
-                          what: str = "backbone") -> LoadReport:
+                          what: str = "backbone", origin: str | None = None) -> LoadReport:
     """Loads pretrained weights into a backbone (see :func:`load_weights`):
     every parameter and buffer the backbone does not call new (``is_new``)
     must be in the file. The report is also kept as ``backbone.load_report``
     for commands to show."""
-    report = load_weights(backbone, source, what=what,
+    report = load_weights(backbone, source, what=what, origin=origin,
                           required=lambda key: not backbone.is_new(key))
     backbone.load_report = report
     return report

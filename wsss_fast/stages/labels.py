@@ -20,6 +20,11 @@ CAM file holds; any other class counts as 0):
 
 Labels are palette PNGs (:func:`wsss_fast.storage.save_label_png`), 255 =
 ignore, readable by ``wsss-fast eval``.
+
+:func:`evaluate_with_saliency` (``wsss-fast eval-cam --saliency``) scores
+CAM files with the saliency rule as DRS scores its maps (scripts/test_cls.py,
+test_refine.py): the argmax without the two ignore steps, which belong to
+its pseudo labels (pseudo_seg_label_gen.py); it writes nothing.
 """
 from __future__ import annotations
 
@@ -33,11 +38,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, UsageError
-from ..eval import cam_to_label, names_in
+from ..eval import cam_to_label, evaluate_labels, names_in
 from ..palette import VOID
 from ..parallel import ordered_map
 from ..outputs import OutputFolder
-from ..storage import ScoreMap, eight_bit, load_scores, save_label_png
+from ..storage import ScoreMap, eight_bit, load_label_png, load_scores, save_label_png
 
 THRESHOLD = 0.15           # background score without saliency (SC-CAM, IRN; PSA 0.2)
 ALPHA = 0.2                # DRS: object cue
@@ -55,12 +60,14 @@ def by_class(scores: ScoreMap) -> ScoreMap:
 
 def saliency_labels(scores: ScoreMap, saliency: np.ndarray, *, alpha: float = ALPHA,
                     saliency_threshold: float = SALIENCY_THRESHOLD,
-                    confident: float = CONFIDENT) -> np.ndarray:
+                    confident: float = CONFIDENT, ignore: bool = True) -> np.ndarray:
     """(H, W) uint8 labels by DRS's rule (module docstring).
 
     Args:
         scores: maps of the classes present (keys 1..C), (K, H, W).
         saliency: (H, W) saliency map, 0..255.
+        ignore: apply the two 255 rules (pseudo labels); False gives the
+            plain argmax DRS evaluates its maps with.
     """
     if saliency.shape != scores.data.shape[1:]:
         raise ValueError(f"saliency map is {saliency.shape[1]}x{saliency.shape[0]} but the CAMs are "
@@ -71,8 +78,9 @@ def saliency_labels(scores: ScoreMap, saliency: np.ndarray, *, alpha: float = AL
     salient = saliency > saliency_threshold
     stacked = np.concatenate([(~salient)[None].astype(np.float32), maps])
     label = keys[stacked.argmax(axis=0)].astype(np.uint8)
-    label[(stacked > confident).sum(axis=0) > MAX_CONFIDENT] = VOID
-    label[salient & (label == 0)] = VOID
+    if ignore:
+        label[(stacked > confident).sum(axis=0) > MAX_CONFIDENT] = VOID
+        label[salient & (label == 0)] = VOID
     return label
 
 
@@ -140,3 +148,22 @@ def make_labels(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, names
             written = list(tqdm(ordered_map(pool, one, mine, ahead=2 * workers), total=len(mine),
                                 desc="make-labels", unit="img", disable=not progress))
     return {"written": written, "skipped": len(names) - len(pending), "seconds": time.perf_counter() - start}
+
+
+def evaluate_with_saliency(cam_dir: str | os.PathLike, saliency_dir: str | os.PathLike,
+                           gt_dir: str | os.PathLike, num_classes: int, *, names: Sequence[str] | None = None,
+                           alpha: float = ALPHA, saliency_threshold: float = SALIENCY_THRESHOLD,
+                           device: str = "cpu", progress: bool = True) -> dict:
+    """Scores ``<cam_dir>/<name>.npz`` labelled by the saliency rule without
+    its ignore steps (DRS's scripts/test_cls.py) against
+    ``<gt_dir>/<name>.png``; returns :meth:`wsss_fast.eval.ConfusionMatrix.scores`."""
+    names = list(names) if names is not None else names_in(cam_dir, ".npz")
+
+    def load(name: str):
+        scores = by_class(load_scores(Path(cam_dir) / f"{name}.npz"))
+        saliency = load_saliency(Path(saliency_dir) / f"{name}.png")
+        label = saliency_labels(scores, saliency, alpha=alpha, saliency_threshold=saliency_threshold,
+                                ignore=False)
+        return label, load_label_png(Path(gt_dir) / f"{name}.png")
+
+    return evaluate_labels(names, load, num_classes, device=device, progress=progress, desc="eval-cam")

@@ -18,13 +18,18 @@ Following DRS's train_refine.py and LoadData_refine.py:
   1x1 head (:class:`wsss_fast.models.RefineNet`); its maps are upsampled to
   the input (bilinear, align_corners=True) and compared over all classes;
 - optimiser: Adam, lr 1e-4, no weight decay, one learning rate for every
-  parameter; batch 5; lr x0.1 from the 5th and the 10th epoch (paper: 15
-  epochs; code: 30 epochs, decays from the 10th and 20th).
+  parameter; batch 10 (run.sh: 5 per GPU on 2 GPUs); lr x0.1 from the 5th
+  and the 10th epoch (paper: 15 epochs; code: 30 epochs, decays from the
+  10th and 20th: ``schedule="code"``).
 
 Differences: the reference stores the maps as uint8 at 320 x 320 (computed
 on the squashed image) while ours come at image resolution (float16 by
 default) and are resized here; the reference keeps the epoch with the best
-mIoU on ground truth, wsss-fast the last epoch.
+mIoU on ground truth, wsss-fast the last epoch. On purpose, and restored by
+:data:`REFERENCE`: the paper's schedule (the code's is twice as long), the
+new convolutions' He initialisation of the backbone (models/vgg_refine.py
+draws them from N(0, 0.01)), and the last partial batch dropped (DRS's
+DataLoader keeps it).
 """
 from __future__ import annotations
 
@@ -44,6 +49,9 @@ from ..transforms import colour_jitter, normalize, resize
 
 INITS = ("imagenet", "classifier")
 SCHEDULES = {"paper": (15, (5, 10)), "code": (30, (10, 20))}  # epochs, 1-based epochs where lr x0.1 starts
+# DRS's code: run.sh (--epoch 30 --decay_points 10,20), models/vgg_refine.py
+# (_initialize_weights: N(0, 0.01)), utils/LoadData_refine.py (no drop_last).
+REFERENCE = {"schedule": "code", "new_layer_std": 0.01, "drop_last": False}
 
 
 def plain_backbone_options(options: dict) -> dict:
@@ -129,11 +137,14 @@ def refine_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, 
     return F.mse_loss(maps.float(), target), {}
 
 
-def build_refine_net(classifier_path: str | os.PathLike, init: str, weights: str | os.PathLike | None):
+def build_refine_net(classifier_path: str | os.PathLike, init: str, weights: str | os.PathLike | None,
+                     new_layer_std: float | None = None):
     """(RefineNet, metadata) for the classifier of ``classifier_path``:
     its backbone without DRS, initialised from ``weights`` (``init``
     "imagenet", the reference) or from the classifier's backbone
-    ("classifier"; its DRS controllers are left out)."""
+    ("classifier"; its DRS controllers are left out). With ``init``
+    "imagenet" and ``new_layer_std``, the backbone's new convolution weights
+    (VGG-16 D1's extra convolutions) are redrawn from N(0, std^2)."""
     from ..models import RefineNet, build_backbone, load_weights
     from ..models.checkpoints import read_checkpoint, resolve_final
 
@@ -146,7 +157,13 @@ def build_refine_net(classifier_path: str | os.PathLike, init: str, weights: str
             raise UsageError(f"--init imagenet needs --weights FILE (ImageNet weights of {name}); "
                              "or use --init classifier")
         backbone = build_backbone(name, weights, **options)
+        if new_layer_std is not None:
+            for param_name, param in backbone.named_parameters():
+                if backbone.is_new(param_name) and param.dim() == 4:
+                    nn.init.normal_(param, 0.0, new_layer_std)
     else:
+        if new_layer_std is not None:
+            raise UsageError("--new-layer-std is for --init imagenet; --init classifier takes the classifier's layers")
         if weights is not None:
             raise UsageError("--weights is for --init imagenet; --init classifier takes the classifier's")
         backbone = build_backbone(name, None, **options)
@@ -163,7 +180,8 @@ def train_refine(classifier_path: str | os.PathLike, voc_root: str | os.PathLike
                  cam_dir: str | os.PathLike, out_dir: str | os.PathLike, *, init: str = "imagenet",
                  weights: str | os.PathLike | None = None, epochs: int = 15,
                  decay_at: Sequence[int] = (5, 10),
-                 lr: float = 1e-4, batch_size: int = 5, size: int = 320, num_workers: int = 2,
+                 lr: float = 1e-4, batch_size: int = 10, size: int = 320, num_workers: int = 2,
+                 new_layer_std: float | None = None, drop_last: bool = True,
                  device: str | torch.device = "cpu", seed: int = 0, amp: bool = True, resume: bool = False,
                  progress: bool = True) -> Path:
     """Trains the refinement network; returns the path of its final.pt
@@ -173,6 +191,8 @@ def train_refine(classifier_path: str | os.PathLike, voc_root: str | os.PathLike
         classifier_path: the DRS classifier's final.pt (or its folder).
         cam_dir: its CAMs of ``split`` (make-cam, DRS preset).
         decay_at: 1-based epochs from which the lr is multiplied by 0.1 again.
+        new_layer_std: see :func:`build_refine_net`.
+        drop_last: drop each epoch's last partial batch.
         Other arguments: see the module docstring and :class:`wsss_fast.training.TrainConfig`.
     """
     from torch.utils.data import default_collate
@@ -184,7 +204,7 @@ def train_refine(classifier_path: str | os.PathLike, voc_root: str | os.PathLike
         raise UsageError(f"decay epochs are 1-based, got {list(decay_at)}")
     with torch.random.fork_rng(devices=[]):  # the new head's initialisation follows the seed
         torch.manual_seed(seed)
-        model, metadata = build_refine_net(classifier_path, init, weights)
+        model, metadata = build_refine_net(classifier_path, init, weights, new_layer_std)
     images = VOCSegmentation(voc_root, split, labels=False)
     if images.num_classes != metadata["num_classes"]:
         raise UsageError(f"the classifier has {metadata['num_classes']} classes but {images.voc.root} "
@@ -194,6 +214,7 @@ def train_refine(classifier_path: str | os.PathLike, voc_root: str | os.PathLike
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, optimizer="adam",
                       lr_mult=(1.0, 1.0, 1.0, 1.0), schedule="step",
                       milestones=tuple(d - 1 for d in decay_at), seed=seed, num_workers=num_workers, amp=amp,
+                      drop_last=drop_last,
                       extra={"stage": "train-refine", "decay_at": list(decay_at), "size": size,
                              "split": split})
     trainer = Trainer(model, model.param_groups(), cfg, out_dir, refine_loss, metadata=metadata,

@@ -37,21 +37,28 @@ from ...transforms import normalize
 
 @torch.inference_mode()
 def _probabilities(model: DeepLab, loader: DataLoader, scales: Sequence[float], flip: bool,
-                   device: torch.device) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+                   msc: Sequence[float], device: torch.device) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, uint8 image (3, H, W) on CPU, class probabilities (C, H, W)
     float32 on ``device``) per image: softmax of the logits averaged over
-    every scale and flip, each upsampled bilinearly to (H, W)."""
+    every scale and flip, each upsampled bilinearly to (H, W); with ``msc``
+    each pass's logits are deeplab-pytorch's MSC maximum over the input and
+    its copies scaled by ``msc`` (at the input's logit grid)."""
     passes = len(scales) * (2 if flip else 1)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x, msc=msc)[-1] if msc else model(x)
+
     for batch in loader:
         images = normalize(batch["image"].to(device, non_blocking=True))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits = multiscale_maps(model, images, scales, flip=flip)
+            logits = multiscale_maps(forward, images, scales, flip=flip)
         probs = torch.softmax(logits / passes, dim=1)
         yield from zip(batch["name"], batch["image"], probs)
 
 
 def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.PathLike, *,
-                  scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
+                  scales: Sequence[float] = (1.0,), flip: bool = False, msc: Sequence[float] = (),
+                  crf: bool = False,
                   batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
                   crf_workers: int | None = None, crf_backend: str = "auto",
                   progress: bool = True, inputs: dict | None = None) -> dict:
@@ -62,6 +69,9 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     Args:
         scales: input scale factors (the reference tests at 1.0; the
             multi-scale option is 0.5, 0.75, 1.0, 1.25, 1.5 with ``flip``).
+        msc: deeplab-pytorch's test-time MSC factors (0.5, 0.75): each pass
+            takes the element-wise maximum of its logits and those of its
+            scaled copies; empty: none.
         crf: refine the probabilities with the dense CRF, "deeplab" preset, on
             :mod:`wsss_fast.crf`'s ``crf_backend`` (ours on ``device``, or
             pydensecrf on ``crf_workers`` processes, default every core).
@@ -80,7 +90,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
     device = local_device(device)
     out_dir = Path(out_dir)
     dataset = VOCSegmentation(voc, split, labels=False)
-    recorded = {"scales": list(scales), "flip": flip, "crf": crf}
+    recorded = {"scales": list(scales), "flip": flip, "msc": list(msc), "crf": crf}
     with OutputFolder(out_dir, "infer-seg", recorded, inputs) as folder:
         pending = set(folder.pending(dataset.names, lambda name: [out_dir / f"{name}.png"]))
         todo = [i for i, name in enumerate(dataset.names) if name in pending]
@@ -91,7 +101,7 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                             pin_memory=device.type == "cuda")
         model = model.to(device).eval()
-        predictions = _probabilities(model, loader, scales, flip, device)
+        predictions = _probabilities(model, loader, scales, flip, tuple(msc), device)
 
         def save(name: str, label) -> None:
             save_label_png(out_dir / f"{name}.png", np.asarray(label, dtype=np.uint8))
