@@ -122,10 +122,10 @@ struct Lattice {
   int D = 0;                     // d + 1 corners per pixel, d + 1 blur directions
   int64_t M = 0;                 // points: value-table rows 1..M
   std::vector<int32_t> vertex;   // (N, D) row of each corner
-  std::vector<float> slice_w;    // (N, D) barycentric weight * alpha
+  std::vector<float> slice_w;    // (N, D) barycentric weight * alpha (later * n * w)
   std::vector<int32_t> start;    // (M + 2) splat entries of row v: [start[v], start[v + 1])
   std::vector<int32_t> pixel;    // (N * D) the entries' pixels, by row, then pixel
-  std::vector<float> splat_w;    // (N * D) their barycentric weights
+  std::vector<float> splat_w;    // (N * D) their barycentric weights (later * n)
   std::vector<int32_t> nbr;      // (D, M + 1, 2) rows of the blur neighbours (0: none)
   std::vector<int64_t> parts;    // row ranges of about equal splat work
   std::vector<float> norm;       // (N) symmetric normalisation
