@@ -67,8 +67,10 @@ def _unary_neg(probs: torch.Tensor, dtype) -> torch.Tensor:
     return torch.log(probs.to(dtype).clamp(PROB_FLOOR, 1.0)).reshape(k, -1).t()
 
 
-def _per_image(image, probs, num_labels, run):
-    out = torch.zeros(probs.shape, dtype=run.dtype)
+def _per_image(image, probs, num_labels, run, dtype) -> torch.Tensor:
+    """run(image (3, H, W), probs (k, H, W)) -> (N, k) marginals, per image
+    of the batch with its k labels; (B, K, H, W) in dtype, 0 beyond k."""
+    out = torch.zeros(probs.shape, dtype=dtype)
     for b in range(probs.shape[0]):
         k = probs.shape[1] if num_labels is None else int(num_labels[b])
         out[b, :k] = run(image[b], probs[b, :k]).t().reshape(k, *probs.shape[2:])
@@ -94,8 +96,7 @@ def dense_crf_exact(image: torch.Tensor, probs: torch.Tensor, num_labels: torch.
         return _mean_field(_unary_neg(p, torch.float64), messages,
                            (gaussian_compat, bilateral_compat), iterations)
 
-    run.dtype = torch.float64
-    return _per_image(image, probs, num_labels, run)
+    return _per_image(image, probs, num_labels, run, torch.float64)
 
 
 # ------------------------------------------------------- permutohedral lattice
@@ -241,5 +242,4 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, num_labels: torch.Tensor
         return _mean_field(_unary_neg(p, torch.float32), messages,
                            (float(gaussian_compat), float(bilateral_compat)), iterations)
 
-    run.dtype = torch.float32
-    return _per_image(image, probs, num_labels, run).to(device)
+    return _per_image(image, probs, num_labels, run, torch.float32).to(device)
