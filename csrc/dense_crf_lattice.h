@@ -116,20 +116,6 @@ inline bool make_lattice_spec(int d, const double* sigma, const double* raw_max,
   return codes < 4.611686018427388e18;  // 2^62
 }
 
-// Code of the lattice point with key (d coordinates, all congruent modulo
-// d + 1), or kNoCode when it lies outside the spec's box.
-WSSS_HD inline uint64_t encode_key(const LatticeSpec& s, const int64_t* key) {
-  const int64_t D = s.d + 1;
-  const int64_t k = ((key[0] % D) + D) % D;
-  uint64_t rest = 0;
-  for (int i = 0; i < s.d; ++i) {
-    const int64_t q = (key[i] - k) / D - s.qlo[i];
-    if (q < 0 || q >= s.radix[i]) return kNoCode;
-    rest += static_cast<uint64_t>(q) * s.stride[i];
-  }
-  return static_cast<uint64_t>(k) + static_cast<uint64_t>(D) * rest;
-}
-
 // The blur reads two neighbours of a lattice point along each direction j
 // (0..d): side 0 is key - 1 with key_j + d, side 1 is key + 1 with key_j - d
 // (for j = d only the d stored coordinates move). Both have remainder
@@ -169,13 +155,16 @@ WSSS_HD inline bool pixel_simplex(const LatticeSpec& s, const float* raw, uint64
     sm = add_rn(sm, cf);
   }
   elevated[0] = sm;
-  // the nearest remainder-0 point, coordinate by coordinate (half to even)
+  // the nearest remainder-0 point, coordinate by coordinate (half to even):
+  // rem0 = (d + 1) * quot
   float rem0[kMaxDim + 1];
+  int quot[kMaxDim + 1];
   int sum = 0;
   for (int i = 0; i <= d; ++i) {
     const float v = rintf(mul_rn(inv_d1, elevated[i]));
     rem0[i] = mul_rn(v, d1);
-    sum += static_cast<int>(v);
+    quot[i] = static_cast<int>(v);
+    sum += quot[i];
   }
   // rank_i: how many coordinates have a larger residual elevated - rem0 than
   // coordinate i (of two equal ones the earlier counts as larger); then the
@@ -185,11 +174,9 @@ WSSS_HD inline bool pixel_simplex(const LatticeSpec& s, const float* raw, uint64
   for (int i = 0; i < d; ++i) {
     const float di = sub_rn(elevated[i], rem0[i]);
     for (int j = i + 1; j <= d; ++j) {
-      if (di < sub_rn(elevated[j], rem0[j])) {
-        ++rank[i];
-      } else {
-        ++rank[j];
-      }
+      const int smaller = di < sub_rn(elevated[j], rem0[j]) ? 1 : 0;
+      rank[i] += smaller;
+      rank[j] += 1 - smaller;
     }
   }
   for (int i = 0; i <= d; ++i) {
@@ -197,9 +184,11 @@ WSSS_HD inline bool pixel_simplex(const LatticeSpec& s, const float* raw, uint64
     if (rank[i] < 0) {
       rank[i] += D;
       rem0[i] = add_rn(rem0[i], d1);
+      ++quot[i];
     } else if (rank[i] > d) {
       rank[i] -= D;
       rem0[i] = sub_rn(rem0[i], d1);
+      --quot[i];
     }
   }
   // barycentric weights, accumulated in coordinate order
@@ -211,15 +200,19 @@ WSSS_HD inline bool pixel_simplex(const LatticeSpec& s, const float* raw, uint64
     bary[d - rank[i] + 1] = sub_rn(bary[d - rank[i] + 1], v);
   }
   bary[0] = add_rn(bary[0], add_rn(1.f, bary[d + 1]));
-  // corner of remainder k: rem0 + the canonical simplex's vertex k
+  // corner of remainder k: rem0 + the canonical simplex's vertex k, whose
+  // coordinates are k (rank <= d - k) or k - (d + 1): quotients quot or quot - 1
   bool inside = true;
   for (int k = 0; k <= d; ++k) {
-    int64_t key[kMaxDim] = {};
+    uint64_t rest = 0;
+    bool in_box = true;
     for (int i = 0; i < d; ++i) {
-      key[i] = static_cast<int64_t>(rem0[i]) + (rank[i] <= d - k ? k : k - D);
+      const int64_t q = quot[i] - (rank[i] <= d - k ? 0 : 1) - s.qlo[i];
+      in_box = in_box && q >= 0 && q < s.radix[i];
+      rest += static_cast<uint64_t>(q) * s.stride[i];
     }
-    code[k] = encode_key(s, key);
-    inside = inside && code[k] != kNoCode;
+    code[k] = in_box ? static_cast<uint64_t>(k) + static_cast<uint64_t>(D) * rest : kNoCode;
+    inside = inside && in_box;
     weight[k] = bary[k];
   }
   return inside;
