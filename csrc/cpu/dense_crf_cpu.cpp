@@ -20,7 +20,8 @@
 // holding about equal numbers of entries) and d + 1 blur passes (parallel
 // over points); then one pass over the pixels (parallel) slices both kernels
 // onto -U (pydensecrf subtracts the Potts term -w n filtered) and normalises
-// (simd::exp, a tile of pixels at a time), writing Q for the next splats or,
+// (exp_inplace: Cephes exp, as Eigen's, in the widest vectors the CPU has, a
+// tile of pixels at a time), writing Q for the next splats or,
 // after the last iteration, into the (K, H, W) output.
 // Values are float32 rows of Kp labels (K rounded up to the vector width);
 // row 0 of a value table is the zero that stands for a missing neighbour.
@@ -36,6 +37,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -53,7 +55,7 @@ constexpr int64_t kL = simd::kLanes<float>;
 constexpr float kLowest = -std::numeric_limits<float>::max();
 constexpr int64_t kMaxChunks = 16;  // pixel chunks of the lattice build
 constexpr int64_t kPrefetch = 8;    // rows ahead that the blur fetches
-constexpr int64_t kTile = 8;        // vectors of labels normalised together (pixels: 8 / (Kp / 4))
+constexpr int64_t kTile = 16;       // vectors of labels normalised together (pixels: 16 / (Kp / 4))
 
 // Threads that at::parallel_for would use here: 1 inside a parallel region
 // (images in parallel), where it runs inline.
@@ -62,6 +64,37 @@ int64_t threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threa
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_item, 1));
 }
+
+// exp of n floats in place (n a multiple of 4) with the widest vectors the CPU
+// has: 16 lanes (AVX-512F), 8 (AVX2) or 4 (baseline SSE2); the same bits at
+// every width (simd::exp_at), chosen once at load time.
+typedef float F8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef float F16 __attribute__((vector_size(64)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+
+template <typename V, typename I>
+__attribute__((always_inline)) inline void exp_run(float* x, int64_t n) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(float);
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) simd::exp_at<V, I>(x + i);
+  for (; i < n; i += kL) simd::exp_at<FVec, simd::FloatMask>(x + i);
+}
+
+__attribute__((target("avx512f"))) void exp_avx512(float* x, int64_t n) {
+  exp_run<F16, I16>(x, n);
+}
+__attribute__((target("avx2"))) void exp_avx2(float* x, int64_t n) { exp_run<F8, I8>(x, n); }
+void exp_sse(float* x, int64_t n) { exp_run<FVec, simd::FloatMask>(x, n); }
+
+using ExpFn = void (*)(float*, int64_t);
+ExpFn widest_exp() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return exp_avx512;
+  if (__builtin_cpu_supports("avx2")) return exp_avx2;
+  return exp_sse;
+}
+const ExpFn exp_inplace = widest_exp();
 
 // Lattice codes -> rows 1, 2, ... in order of first insertion (open
 // addressing, linear probing, grows at half load).
@@ -478,12 +511,13 @@ void mean_field_image(const uint8_t* rgb, const float* probs, int64_t K, int64_t
           for (int64_t c = kL; c < Kp; c += kL) vmax = simd::max(vmax, simd::load(e + c));
           mx[i] = simd::hmax(vmax);
         }
-        // ... the tile's exps are independent of each other (instruction-level parallelism)
+        // ... the tile's exps in wide vectors
         for (int64_t i = 0; i < n; ++i) {
           float* e = energy.data() + i * Kp;
           const FVec m = simd::broadcast(mx[i]);
-          for (int64_t c = 0; c < Kp; c += kL) simd::store(e + c, simd::exp(simd::load(e + c) - m));
+          for (int64_t c = 0; c < Kp; c += kL) simd::store(e + c, simd::load(e + c) - m);
         }
+        exp_inplace(energy.data(), n * Kp);
         for (int64_t i = 0; i < n; ++i) {  // ... and adds nothing to the sum
           float* e = energy.data() + i * Kp;
           simd::store(e + Kp - kL, tail ? simd::load(e + Kp - kL) : FVec{});

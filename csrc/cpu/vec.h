@@ -64,23 +64,30 @@ inline float hmax(const Vec<float>& v) {
 }
 inline Vec<float> max(const Vec<float>& a, const Vec<float>& b) { return a > b ? a : b; }
 
-// exp of float lanes by Cephes' algorithm (the one of Eigen's SSE pexp, which
-// pydensecrf's mean field uses): x clamped to [-87.336, 88.376] (exp(-87.336)
-// is the smallest normal float), split as g + n ln 2 with |g| <= ln(2) / 2, a
-// degree-5 polynomial for exp(g), 2^n through the exponent bits. Within 2 ulp
-// of exp above -87.336; the smallest normal float (1.2e-38) below, -inf
-// included.
-inline Vec<float> exp(Vec<float> x) {
-  typedef FloatMask Ints;
-  x = x < 88.3762626647950f ? x : broadcast(88.3762626647950f);
-  x = x > -87.3365447505531f ? x : broadcast(-87.3365447505531f);
-  Vec<float> fx = x * 1.44269504088896341f + 0.5f;
-  const Vec<float> t = __builtin_convertvector(__builtin_convertvector(fx, Ints), Vec<float>);
+// exp in place of the lanes of a float vector type V of any width at p (I:
+// the int32 vector of its size), by Cephes' algorithm (the one of Eigen's SSE
+// pexp, which pydensecrf's mean field uses): x clamped to [-87.336, 88.376]
+// (so that 2^n stays a normal float), split as g + n ln 2 with |g| <= ln(2) /
+// 2, a degree-5 polynomial for exp(g), 2^n through the exponent bits. Within 2
+// ulp of exp above -87.336 (1 measured, tests/test_simd_exp.py); exp(-87.336)
+// = 1.18e-38 below, -inf included. Lane for lane the same at every width (no
+// fused multiply-adds). Vectors pass through memory, not by value, so that
+// 32- and 64-byte instantiations inlined into AVX2 / AVX-512 functions never
+// cross a call.
+template <typename V, typename I>
+__attribute__((always_inline)) inline void exp_at(float* p) {
+  V x;
+  std::memcpy(&x, p, sizeof(x));
+  const V hi = V{} + 88.3762626647950f, lo = V{} + -87.3365447505531f;
+  x = x < hi ? x : hi;
+  x = x > lo ? x : lo;
+  V fx = x * 1.44269504088896341f + 0.5f;
+  const V t = __builtin_convertvector(__builtin_convertvector(fx, I), V);
   fx = t > fx ? t - 1.0f : t;  // floor
   x = x - fx * 0.693359375f;
   x = x - fx * -2.12194440e-4f;
-  const Vec<float> z = x * x;
-  Vec<float> y = broadcast(1.9875691500e-4f);
+  const V z = x * x;
+  V y = V{} + 1.9875691500e-4f;
   y = y * x + 1.3981999507e-3f;
   y = y * x + 8.3334519073e-3f;
   y = y * x + 4.1665795894e-2f;
@@ -88,11 +95,13 @@ inline Vec<float> exp(Vec<float> x) {
   y = y * x + 5.0000001201e-1f;
   y = y * z + x;
   y = y + 1.0f;
-  const Ints bits = (__builtin_convertvector(fx, Ints) + 127) << 23;
-  Vec<float> scale;
+  const I bits = (__builtin_convertvector(fx, I) + 127) << 23;
+  V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  y = y * scale;
+  std::memcpy(p, &y, sizeof(y));
 }
+
 // sign(v) with sign(0) = 0 (and 0 for NaN). Call as abs<T>(v), sign<T>(v):
 // T cannot be deduced through the alias.
 template <typename T>
