@@ -39,12 +39,9 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -52,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import print_table, sync, write_results  # noqa: E402
+from common import PeakMemory, print_table, run_child, timed, write_results  # noqa: E402
 
 RADIUS, BETA, STEPS, CHANNELS, BORDER = 5, 8.0, 256, 21, "all"
 GRIDS = {"PSA": (63, 47), "IRN": (125, 94)}
@@ -69,43 +66,6 @@ def inputs(h, w, device, dtype=torch.float32, seed=0):
 
 
 # ------------------------------------------------------------------ child side
-
-def _rss(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1)) * 1024
-
-
-class PeakMemory:
-    """Peak growth of the process (CPU: resident set; CUDA: allocated bytes)."""
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
-            self.base = _rss("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.peak = _rss("VmHWM") - self.base
-
-
-def _timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, (time.perf_counter() - t0) * 1e3
-
 
 def child(spec: dict) -> dict:
     from wsss_fast import ops, reference
@@ -125,14 +85,14 @@ def child(spec: dict) -> dict:
     if spec["contender"] == "dense_estimate":
         n = h * w
         with PeakMemory(device) as mem:
-            t, build_ms = _timed(lambda: reference.transition_matrix(aff[0], RADIUS, BETA, BORDER),
+            t, build_ms = timed(lambda: reference.transition_matrix(aff[0], RADIUS, BETA, BORDER),
                                  device)
             # Like torch.linalg.matrix_power: T stays alive while z is squared,
             # so the second squaring holds T, z and z @ z, as every later one.
-            z, ms1 = _timed(lambda: t @ t, device)
-            z, ms2 = _timed(lambda: z @ z, device)
+            z, ms1 = timed(lambda: t @ t, device)
+            z, ms2 = timed(lambda: z @ z, device)
             squarings = [ms1, ms2]
-            out, final_ms = _timed(lambda: cam[0].reshape(CHANNELS, n) @ z, device)
+            out, final_ms = timed(lambda: cam[0].reshape(CHANNELS, n) @ z, device)
         square_ms = sum(squarings) / len(squarings)
         steps_log2 = int(math.log2(STEPS))
         result.update(times_ms=[build_ms + steps_log2 * square_ms + final_ms], build_ms=build_ms,
@@ -140,8 +100,8 @@ def child(spec: dict) -> dict:
         return result
     fn = fns[spec["contender"]]
     with PeakMemory(device) as mem:
-        out, first_ms = _timed(fn, device)
-    times = [first_ms] + [_timed(fn, device)[1] for _ in range(spec["reps"] - 1)]
+        out, first_ms = timed(fn, device)
+    times = [first_ms] + [timed(fn, device)[1] for _ in range(spec["reps"] - 1)]
     if spec.get("save"):
         torch.save(out.cpu(), spec["save"])
     result.update(times_ms=times, estimated=False, peak_bytes=mem.peak)
@@ -149,14 +109,6 @@ def child(spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------- parent side
-
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {spec} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def kernel_buffer_bytes(h: int, w: int) -> int:
     """Bytes the CPU sparse kernel allocates for B = 1: (2P + 1) x H x Wv
@@ -206,7 +158,7 @@ def main() -> None:
         save = tmp / f"{grid}-{contender}.pt"
         spec = dict(device=str(device), h=h, w=w, contender=contender, reps=reps, save=str(save))
         print(f"running {grid} {contender} ...", flush=True)
-        res = run_child(spec)
+        res = run_child(__file__, spec)
         if save.exists():
             outputs[(grid, contender)] = torch.load(save, weights_only=True)
         times = sorted(res["times_ms"])
@@ -263,8 +215,8 @@ def main() -> None:
     else:  # measured in full: the squarings (N^3) dominate
         largest["dense_estimated_s"] = irn["median_ms"] * scale / 1e3
     print(f"running sparse_kernel at the largest dense grid {side} x {side} ...", flush=True)
-    big = run_child(dict(device=str(device), h=side, w=side, contender="sparse_kernel", reps=2,
-                         save=""))
+    big = run_child(__file__, dict(device=str(device), h=side, w=side, contender="sparse_kernel",
+                                   reps=2, save=""))
     largest["sparse_kernel_ms"] = sorted(big["times_ms"])[0]
     largest["sparse_kernel_peak_mib"] = big["peak_bytes"] / 2**20
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -68,6 +70,59 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+def _rss(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1)) * 1024
+
+
+class PeakMemory:
+    """Peak memory growth of this process while the block runs, in ``peak``
+    (bytes). CPU: the resident set's high-water mark (VmHWM, reset to VmRSS
+    through /proc/self/clear_refs on entry) minus the resident set on entry;
+    small allocations can reuse resident heap pages, so peaks of a few MiB are
+    lower bounds. CUDA: torch.cuda.max_memory_allocated growth."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+            self.base = _rss("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.peak = _rss("VmHWM") - self.base
+
+
+def timed(fn: Callable[[], object], device: torch.device | str) -> tuple[object, float]:
+    """(fn(), milliseconds it took), synchronising CUDA around it."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def run_child(script: str | os.PathLike, spec: dict) -> dict:
+    """Runs ``python script --child JSON(spec)`` in a fresh process and returns
+    the JSON object its last stdout line holds (a fresh process per
+    measurement, so that peak memory is the measured call's own)."""
+    proc = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {spec} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def git_commit() -> str:

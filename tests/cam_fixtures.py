@@ -29,6 +29,22 @@ def demo_root(root: Path, n_train: int = 6, size: int = 40) -> Path:
     return root
 
 
+def demo_with_synthetic_cams(base: Path, n_train: int = 8, size: int = 48):
+    """A demo dataset in ``base/demo`` and synthetic CAM files in ``base/cam``
+    (:func:`wsss_fast.data.synthetic_cams.synthetic_cams`, image i seeded i);
+    returns the opened VOCRoot."""
+    import numpy as np
+
+    from wsss_fast.data import VOCRoot
+    from wsss_fast.data.synthetic_cams import synthetic_cams
+    from wsss_fast.storage import save_scores
+
+    voc = VOCRoot(demo_root(base / "demo", n_train, size))
+    for i, name in enumerate(voc.split("train")):
+        save_scores(base / "cam" / f"{name}.npz", *synthetic_cams(voc.load_mask(name), np.random.default_rng(i)))
+    return voc
+
+
 def classifier(seed: int = 0, width: int = 4, head_scale: float = 1.0) -> Classifier:
     """A random scratch-backbone classifier in eval mode; ``head_scale``
     multiplies the CAM head (large CAM values make the +1e-5 of the

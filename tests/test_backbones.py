@@ -22,7 +22,7 @@ from wsss_fast.models.weights import load_backbone_weights, read_state_dict
 from wsss_fast.nn import DRS
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("vgg16_d1", "resnet38", "resnet101", "efficientnet_lite0")
+NAMES = ("vgg16_d1", "resnet38", "resnet50", "resnet101", "efficientnet_lite0")
 pytestmark = pytest.mark.filterwarnings("ignore:.*meta parameter.*:UserWarning")
 
 
@@ -87,10 +87,11 @@ def psa_resnet38_keys(counter: bool = False) -> dict[str, tuple[int, ...]]:
     return keys
 
 
-def torchvision_resnet101_keys() -> dict[str, tuple[int, ...]]:
+def torchvision_resnet_keys(layers=(3, 4, 23, 3)) -> dict[str, tuple[int, ...]]:
+    """torchvision resnet101 (default) or resnet50 ((3, 4, 6, 3))."""
     keys = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64, True)}
     cin = 64
-    for layer, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 23, 3)), start=1):
+    for layer, (width, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
         for b in range(blocks):
             p = f"layer{layer}.{b}"
             keys[f"{p}.conv1.weight"] = (width, cin, 1, 1)
@@ -411,7 +412,7 @@ def test_convert_script(tmp_path, capsys):
 
 def test_resnet101_key_layout_and_dilation():
     model = meta("resnet101")
-    expected = torchvision_resnet101_keys()
+    expected = torchvision_resnet_keys()
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
         k: s for k, s in expected.items() if not k.startswith("fc.")}
     report = load_backbone_weights(model, meta_state(expected))
@@ -438,12 +439,85 @@ def test_resnet101_frozen_bn_option(small_models):
 
 
 def test_resnet101_wrong_file():
-    wrong = torchvision_resnet101_keys() | {"conv1.weight": (64, 3, 3, 3)}
+    wrong = torchvision_resnet_keys() | {"conv1.weight": (64, 3, 3, 3)}
     with pytest.raises(WeightsError, match=r"shapes differ for conv1\.weight \(file \(64, 3, 3, 3\)"):
         load_backbone_weights(meta("resnet101"), meta_state(wrong), what="ResNet-101")
-    no_layer4 = {k: s for k, s in torchvision_resnet101_keys().items() if not k.startswith("layer4.")}
+    no_layer4 = {k: s for k, s in torchvision_resnet_keys().items() if not k.startswith("layer4.")}
     with pytest.raises(WeightsError, match=r"not a ResNet-101 checkpoint: missing: layer4\.0\.conv1\.weight"):
         load_backbone_weights(meta("resnet101"), meta_state(no_layer4), what="ResNet-101")
+
+
+# ---------------------------------------------------------------- ResNet-50 (IRN)
+
+def test_resnet50_key_layout_and_irns_strides():
+    """IRN's net/resnet50.py with strides (2, 2, 2, 1): torchvision's keys,
+    layer3 strided, layer4 neither strided nor dilated."""
+    model = meta("resnet50")
+    expected = torchvision_resnet_keys((3, 4, 6, 3))
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: s for k, s in expected.items() if not k.startswith("fc.")}
+    report = load_backbone_weights(model, meta_state(expected), what="ResNet-50")
+    assert report.missing == [] and sorted(report.unexpected) == ["fc.bias", "fc.weight"]
+    blocks = {name: m for name, m in model.named_modules() if name.count(".") == 1}
+    assert {b.conv2.dilation[0] for b in blocks.values()} == {1}
+    assert [blocks[f"layer{i}.0"].conv2.stride[0] for i in range(1, 5)] == [1, 2, 2, 1]
+    assert model.layer4[0].downsample[0].stride == (1, 1) and model.layer3[0].downsample[0].stride == (2, 2)
+    assert model.stride == 16 and model.frozen_bn and not model.train_bn_affine
+    dilated = meta("resnet50", output_stride=8)
+    assert dilated.layer3[1].conv2.dilation == (2, 2) and dilated.layer4[2].conv2.dilation == (4, 4)
+
+
+def test_resnet50_shapes_and_pyramid():
+    torch.manual_seed(0)
+    model = build_backbone("resnet50").eval()
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        pyramid = model.forward_pyramid(x)
+        stages = model.forward_stages(x)
+        out = model(x)
+    assert model.pyramid_strides == (4, 4, 8, 16, 16) and model.pyramid_channels == (64, 256, 512, 1024, 2048)
+    for m, c, s in zip(pyramid, model.pyramid_channels, model.pyramid_strides):
+        assert m.shape == (2, c, -(-37 // s), -(-45 // s))
+    assert model.stage_strides == (8, 16, 16) and out.shape == (2, 2048, 3, 3)
+    for a, b in zip(stages, pyramid[2:]):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out, pyramid[-1])
+    assert build_backbone("resnet101").pyramid_strides == (4, 4, 8, 8, 8)
+
+
+def test_resnet50_irn_cam_options():
+    """IRN's CAM net: FixedBatchNorm (statistics fixed, affine trained) and no
+    gradient to the stem, layer1 and layer2."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet50", train_bn_affine=True, frozen_stages=2)
+    cls = Classifier(model, 20)
+    names = {id(p): n for n, p in cls.named_parameters()}
+    trained = {names[id(p)] for v in cls.param_groups().values() for p in v}
+    assert not any(n.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2"))
+                   for n in trained)
+    assert {"backbone.layer3.0.bn1.weight", "backbone.layer3.0.bn1.bias", "backbone.layer4.2.conv3.weight",
+            "head.weight"} <= trained
+    cls.train()
+    assert not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert model.layer3[0].conv1.training and not model.layer2[0].conv1.training
+    cls(torch.randn(1, 3, 64, 64))["logits"].sum().backward()
+    assert model.layer2[0].conv1.weight.grad is None and model.layer3[0].bn1.weight.grad is not None
+    plain = Classifier(meta("resnet50"), 20)
+    names = {id(p): n for n, p in plain.named_parameters()}
+    frozen = {names[id(p)] for v in plain.param_groups().values() for p in v}
+    assert "backbone.layer3.0.bn1.weight" not in frozen and "backbone.conv1.weight" in frozen
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"output_stride": 32}, "output_stride must be one of"),
+    ({"frozen_stages": 5}, "frozen_stages must be an int in 0..4"),
+    ({"frozen_stages": True}, "frozen_stages"),
+    ({"frozen_bn": False, "train_bn_affine": True}, "needs frozen_bn=True"),
+    ({"strides": 16}, "has no option 'strides'"),
+])
+def test_resnet50_option_errors(options, message):
+    with pytest.raises(UsageError, match=message):
+        meta("resnet50", **options)
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast.stages.classify import override, preset, train_classifier
+from wsss_fast.errors import UsageError
+from wsss_fast.stages.classify import build_classifier, override, preset, train_classifier
 from wsss_fast.cli import main
 from wsss_fast.data.dataset import VOCSegmentation
 from wsss_fast.data.demo import make_demo_data
@@ -37,6 +38,47 @@ def small_preset(method="cam", **changes):
 def scratch(p, width=4):
     p.backbone_options = {"width": width}
     return p
+
+
+def test_irn_preset_follows_irn():
+    """IRN's run_sample.py / step/train_cam.py / net/resnet50_cam.py."""
+    irn = preset("cam", "irn")
+    assert (irn.backbone, irn.backbone_options, irn.dropout) == \
+        ("resnet50", {"train_bn_affine": True, "frozen_stages": 2}, 0.0)
+    t = irn.train
+    assert (t.batch_size, t.epochs, t.lr, t.weight_decay, t.momentum, t.schedule, t.poly_power) == \
+        (16, 5, 0.1, 1e-4, 1e-4, "poly", 0.9)
+    assert t.lr_mult == (1.0, 1.0, 10.0, 10.0) and t.bias_decay
+    assert irn.augment == {"crop": 512, "resize_long": (320, 640), "jitter": None}
+    assert preset("cam", "psa") == preset("cam")
+    with pytest.raises(UsageError, match="method 'drs' has no preset 'irn'; choose one of drs"):
+        preset("drs", "irn")
+    with pytest.raises(UsageError, match="unknown method 'irn'"):
+        preset("irn")
+
+
+def test_irn_preset_trains_with_its_groups(voc, tmp_path):
+    """--preset irn on a small ResNet-50 input: the optimiser's groups and
+    weight decay are IRN's (biases decayed, head x10), layer2 is not trained."""
+    from wsss_fast.training import build_optimizer
+
+    p = preset("cam", "irn")
+    model, _ = build_classifier(p, 10, None)
+    opt = build_optimizer(model.param_groups(), p.train)
+    groups = {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert groups == {"pretrained_weight": (0.1, 1e-4), "pretrained_bias": (0.1, 1e-4),
+                      "new_weight": (1.0, 1e-4)}
+    out = tmp_path / "irn"
+    assert main(["train-cls", "--voc", str(voc), "--split", "train", "--out", str(out), "--preset", "irn",
+                 "--epochs", "1", "--batch-size", "8", "--crop", "32", "--resize-long", "32", "40",
+                 "--lr", "1e-4", "--num-workers", "0", "--device", "cpu", "--no-progress"]) == 0
+    meta = load_final(out)["metadata"]
+    assert meta["backbone"] == "resnet50" and meta["backbone_options"]["frozen_stages"] == 2
+    torch.manual_seed(0)  # train-cls's initialisation (seed 0)
+    initial, _ = build_classifier(p, 10, None)
+    trained = load_classifier(out)
+    assert torch.equal(trained.backbone.layer2[0].conv1.weight, initial.backbone.layer2[0].conv1.weight)
+    assert not torch.equal(trained.backbone.layer3[0].conv1.weight, initial.backbone.layer3[0].conv1.weight)
 
 
 def test_two_epochs_lower_the_loss(voc, tmp_path):

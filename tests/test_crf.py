@@ -93,8 +93,42 @@ def test_auto_backend(monkeypatch):
 def test_presets_are_the_spec_values():
     assert crf.PRESETS["psa"] == crf.CRFParams(10, 3, 3, 80, 13, 10)
     assert crf.PRESETS["deeplab"] == crf.CRFParams(10, 1, 3, 67, 3, 4)
+    assert crf.PRESETS["irn"] == crf.CRFParams(10, 3, 3, 50, 5, 10)  # IRN's crf_inference_label
     with pytest.raises(ValueError, match="unknown CRF preset"):
         crf.resolve_params("fast")
+
+
+def test_label_probs_give_pydensecrfs_label_unary():
+    from pydensecrf.utils import unary_from_labels
+
+    labels = np.random.default_rng(0).integers(0, 4, (9, 13))
+    probs = crf.label_probs(labels, 4, 0.7)
+    assert probs.shape == (4, 9, 13) and probs.dtype == np.float32
+    np.testing.assert_allclose(-np.log(probs).reshape(4, -1),
+                               unary_from_labels(labels, 4, gt_prob=0.7, zero_unsure=False), rtol=1e-6)
+    for bad, message in [((labels, 1), "n_labels must be >= 2"), ((labels, 3), r"labels must be in \[0, 3\)"),
+                         ((labels, 4, 1.0), r"gt_prob must be in \(0, 1\)")]:
+        with pytest.raises(ValueError, match=message):
+            crf.label_probs(*bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_crf_is_irns_crf_inference_label(backend):
+    """IRN's misc/imutils.py crf_inference_label written out with pydensecrf."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    image, probs, _ = edge_scene()
+    labels = probs.argmax(0)
+    h, w = labels.shape
+    d = dcrf.DenseCRF2D(w, h, 2)
+    d.setUnaryEnergy(unary_from_labels(labels, 2, gt_prob=0.7, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    want = np.array(d.inference(10)).reshape(2, h, w)
+    got = crf.dense_crf(image, crf.label_probs(labels, 2), "irn", backend=backend, device="cpu")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (got.argmax(0) != labels).any()  # the CRF moved the label edge
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

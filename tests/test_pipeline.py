@@ -18,7 +18,9 @@ TINY = ["stages.train-cls.epochs=1", "stages.train-cls.backbone_option={width: 4
         "stages.train-aff.num_workers=0", "stages.train-seg.epochs=1", "stages.train-seg.crop=32",
         "stages.train-seg.batch_size=8",
         "stages.train-seg.num_workers=0", "stages.make-cam.workers=0", "stages.rw.num_workers=0",
-        "stages.rw-crf.num_workers=0", "stages.infer-seg.num_workers=0", "stages.infer-seg-crf.num_workers=0"]
+        "stages.rw-crf.num_workers=0", "stages.infer-seg.num_workers=0", "stages.infer-seg-crf.num_workers=0",
+        "stages.train-irn.epochs=1", "stages.train-irn.crop=48", "stages.train-irn.batch_size=8",
+        "stages.train-irn.num_workers=0", "stages.rw-irn.num_workers=0"]
 DEMO = ["--n-train", "24", "--n-val", "8", "--size", "48"]
 
 
@@ -65,7 +67,8 @@ def test_demo_end_to_end_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
     for stage in summary["stages"]:
         assert stage["seconds"] >= 0 and (stage["miou"] is None or 0 <= stage["miou"] <= 1)
     table = {row["name"]: row["miou"] for row in summary["table"]}
-    assert set(table) == {"CAM", "CAM + RW", "CAM + RW + CRF", "DeepLab", "DeepLab + CRF"}
+    assert set(table) == {"CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN", "DeepLab", "DeepLab + CRF"}
+    assert len(list((out / "rw-irn").glob("*.png"))) == 24 and len(list((out / "make-ir-labels").glob("*.png"))) == 24
     assert all(isinstance(v, float) for v in table.values())
     assert "CAM + RW + CRF" in printed and "total" in printed
     assert (out / "report" / "index.html").is_file()
@@ -91,11 +94,101 @@ def test_shipped_configs_validate(tmp_path, capsys):
     from wsss_fast.data.demo import make_demo_data
 
     make_demo_data(tmp_path / "data", n_train=8, n_val=4, size=32, progress=False)
-    for name in ("demo.yaml", "voc_sccam.yaml", "voc_drs.yaml"):
+    for name in ("demo.yaml", "voc_sccam.yaml", "voc_drs.yaml", "voc_irn.yaml"):
         assert main(["run", str(CONFIG_DIR / name), f"voc={tmp_path / 'data'}", f"out={tmp_path / name}",
                      "train_split=train", "eval_split=train", "--check"]) == 0, name
         printed = capsys.readouterr().out
         assert "[train-cls] wsss-fast train-cls" in printed and "[eval-seg] wsss-fast eval" in printed
+
+
+DRS_IRN = """
+train_split: train
+pseudo_labels: rw-irn
+stages:
+  train-cls: {method: drs, backbone: scratch, backbone_option: {width: 4, drs: learnable}, epochs: 1,
+              batch_size: 8, crop: 32, resize_short: 48, num_workers: 0}
+  make-cam: {workers: 0}
+  train-refine: {epochs: 1, batch_size: 8, workers: 0, init: classifier, size: 48}
+  make-cam-refined: {workers: 0}
+  make-aff-labels: {workers: 1}
+  train-aff: {epochs: 1, batch_size: 8, crop: 48, num_workers: 0}
+  rw: {num_workers: 0}
+  eval-rw: {}
+  make-ir-labels: {workers: 1}
+  train-irn: {init: "@train-cls", epochs: 1, batch_size: 8, crop: 48, radius: 5, num_workers: 0}
+  rw-irn: {num_workers: 0}
+  eval-rw-irn: {}
+  train-seg: {epochs: 1, crop: 32, batch_size: 8, num_workers: 0, backbone: scratch, backbone_option: {width: 4}}
+"""
+
+
+@pytest.mark.slow
+def test_drs_with_both_refinements(tmp_path, capsys):
+    """A DRS classifier with its refinement network, then PSA's and IRN's
+    random walks on the refined maps; DeepLab on IRN's labels (pseudo_labels)."""
+    from wsss_fast.data.demo import make_demo_data
+
+    make_demo_data(tmp_path / "data", n_train=16, n_val=4, size=48, progress=False)
+    config = tmp_path / "drs_irn.yaml"
+    config.write_text(DRS_IRN)
+    common = ["run", str(config), f"voc={tmp_path / 'data'}", f"out={tmp_path / 'out'}"]
+    assert main(common + ["--check"]) == 0
+    lines = {line.split("]")[0][1:]: line for line in capsys.readouterr().out.splitlines()}
+    refined = str(tmp_path / "out" / "make-cam-refined")
+    assert f"--cam {refined}" in lines["make-ir-labels"] and f"--cam {refined}" in lines["make-aff-labels"]
+    assert f"--cam {refined}" in lines["rw-irn"] and "--method irn" in lines["rw-irn"]
+    assert f"--labels {tmp_path / 'out' / 'rw-irn'}" in lines["train-seg"]
+    assert main(common) == 0
+    table = {r["name"]: r["miou"] for r in json.loads((tmp_path / "out" / "summary.json").read_text())["table"]}
+    assert set(table) == {"CAM + RW", "CAM + IRN"} and all(0 <= v <= 1 for v in table.values())
+
+
+@pytest.mark.parametrize("choice, message", [("rw-irn", "'rw-irn' is not a stage of this config"),
+                                             ("rw-crf-irn", "pseudo_labels must be one of")])
+def test_pseudo_labels_choice_is_checked(tmp_path, capsys, choice, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"voc: {tmp_path}\nout: {tmp_path / 'out'}\npseudo_labels: {choice}\n"
+                      "stages:\n  rw: {model: m, cam: c}\n  train-seg: {}\n")
+    assert main(["run", str(config), "--check"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seed_summary_and_seeded_config():
+    from wsss_fast.pipeline import format_seed_table, summarise_seeds, with_seed
+
+    config = {"voc": "v", "stages": {"train-cls": {"epochs": 1}, "make-cam": {}, "train-irn": None,
+                                     "rw-irn": {}}}
+    seeded = with_seed(config, 7)
+    assert seeded["stages"] == {"train-cls": {"epochs": 1, "seed": 7}, "make-cam": {}, "train-irn": {"seed": 7},
+                                "rw-irn": {}}
+    assert config["stages"]["train-cls"] == {"epochs": 1}  # a copy
+    runs = {s: {"table": [{"name": "CAM", "miou": m}, {"name": "CAM + IRN", "miou": i}], "total_seconds": 10.0}
+            for s, m, i in [(0, 0.30, 0.40), (1, 0.32, None), (2, 0.34, 0.44)]}
+    result = summarise_seeds(runs)
+    cam, irn = result["rows"]
+    assert cam["mean"] == pytest.approx(0.32) and cam["std"] == pytest.approx(0.02)
+    assert (cam["min"], cam["max"]) == (0.30, 0.34)
+    assert irn["mean"] == pytest.approx(0.42) and irn["values"][1] is None
+    table = format_seed_table(result)
+    assert "CAM + IRN" in table and "32.00" in table and "  -" in table
+
+
+@pytest.mark.slow
+def test_demo_with_seeds(tmp_path, capsys):
+    off = [f"stages.{s}.enabled=false" for s in ("make-aff-labels", "train-aff", "rw", "eval-rw", "rw-crf",
+                                                 "eval-rw-crf", "make-ir-labels", "train-irn", "rw-irn",
+                                                 "eval-rw-irn", "train-seg", "infer-seg", "eval-seg",
+                                                 "infer-seg-crf", "eval-seg-crf")]
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *DEMO, "--seeds", "3,4", *TINY, *off]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "seeds.json").read_text())
+    assert result["seeds"] == [3, 4] and [r["name"] for r in result["rows"]] == ["CAM"]
+    assert "mean" in printed and "seed 3" in printed
+    logs = [json.loads((out / f"seed{s}" / "train-cls" / "log.jsonl").read_text().splitlines()[0]) for s in (3, 4)]
+    assert [log["config"]["seed"] for log in logs] == [3, 4]
+    assert main(["demo", "--out", str(out), *DEMO, "--seeds", "3,3"]) == 2
+    assert "at least two different seeds" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cam_fixtures import demo_with_synthetic_cams
 from wsss_fast import cli, distributed
 from wsss_fast.stages.affinity import AugmentSettings, BackboneInit, psa_train_config, train_affinity
 from wsss_fast.stages.affinity_labels import make_affinity_labels
-from wsss_fast.data import VOCRoot, VOCSegmentation, make_demo_data
-from wsss_fast.data.synthetic_cams import synthetic_cams
+from wsss_fast.data import VOCSegmentation
 from wsss_fast.eval import evaluate_label_dirs
 from wsss_fast.models import build_backbone
 from wsss_fast.models.affinity_net import AffinityNet
@@ -96,10 +96,7 @@ def test_no_class_means_background(gen):
 def trained(tmp_path_factory):
     """Demo data, synthetic CAMs, affinity labels and a one-epoch AffinityNet."""
     base = tmp_path_factory.mktemp("rw")
-    make_demo_data(base / "demo", n_train=8, n_val=0, size=48, progress=False)
-    voc = VOCRoot(base / "demo")
-    for i, name in enumerate(voc.split("train")):
-        save_scores(base / "cam" / f"{name}.npz", *synthetic_cams(voc.load_mask(name), np.random.default_rng(i)))
+    voc = demo_with_synthetic_cams(base)
     make_affinity_labels(voc, voc.split("train"), base / "cam", base / "labels", workers=1, progress=False)
     train_affinity(VOCSegmentation(voc, "train", labels=False), base / "labels", base / "net",
                    BackboneInit(name="scratch", options={"width": 4}),

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "wsss_fast.commands.run",
     "wsss_fast.commands.demo",
     "wsss_fast.commands.affinity",
+    "wsss_fast.commands.irn",
 )
 
 

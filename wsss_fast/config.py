@@ -29,6 +29,8 @@ TOP_KEYS = {
     "eval_split": "split (a subset of train_split with masks) the pseudo labels are scored on; "
                   "default train_split",
     "val_split": "split the segmentation network is evaluated on",
+    "pseudo_labels": "stage whose labels train-seg trains on (rw-crf, rw, rw-irn or make-labels); "
+                     "default: the first of them the config enables",
     "stages": "mapping: stage name -> options of its command (flags without the dashes)",
 }
 

@@ -24,6 +24,9 @@ Presets (SPEC.md, "Dense CRF"), both 10 mean-field iterations:
   (AffinityNet's affinity labels).
 - ``deeplab``: Gaussian sxy 1 (pos_xy), compat 3 (pos_w); bilateral sxy 67
   (bi_xy), srgb 3 (bi_rgb), compat 4 (bi_w) (DeepLab post-processing).
+- ``irn``: Gaussian sxy 3, compat 3; bilateral sxy 50, srgb 5, compat 10 (IRN's
+  misc/imutils.py crf_inference_label, for its inter-pixel relation labels; it
+  runs on a label map through :func:`label_probs`).
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from .ops.dense_crf import PRESETS, CRFParams, resolve_params
 from .parallel import ordered_map, worker_pool
 
 __all__ = ["BACKENDS", "PRESETS", "CRFParams", "MissingDependencyError", "crf_device",
-           "dense_crf", "dense_crf_batch", "imap_dense_crf", "resolve_backend", "resolve_params"]
+           "dense_crf", "dense_crf_batch", "imap_dense_crf", "label_probs", "resolve_backend",
+           "resolve_params"]
 
 PROB_FLOOR = 1e-5
 BACKENDS = ("auto", "wsss", "pydensecrf")
@@ -80,6 +84,34 @@ def crf_device(device: str | torch.device | None = None) -> torch.device:
     if torch.cuda.is_available() and _backend.has_kernel("dense_crf", "cuda"):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def label_probs(labels: np.ndarray, n_labels: int, gt_prob: float = 0.7) -> np.ndarray:
+    """The CRF input of a hard label map, as pydensecrf's
+    ``unary_from_labels(labels, n_labels, gt_prob, zero_unsure=False)`` (IRN's
+    crf_inference_label): probability ``gt_prob`` for each pixel's label and
+    (1 - gt_prob) / (n_labels - 1) for the others, so that :func:`dense_crf`'s
+    unary -log(probs) is that function's energy.
+
+    Args:
+        labels: (H, W) int labels in [0, n_labels).
+        n_labels: number of labels, >= 2.
+        gt_prob: confidence in the given label, in (0, 1).
+
+    Returns:
+        (n_labels, H, W) float32.
+    """
+    labels = np.asarray(labels)
+    if n_labels < 2:
+        raise ValueError(f"label_probs: n_labels must be >= 2, got {n_labels}")
+    if not 0 < gt_prob < 1:
+        raise ValueError(f"label_probs: gt_prob must be in (0, 1), got {gt_prob}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(f"label_probs: labels must be in [0, {n_labels}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    probs = np.full((n_labels, *labels.shape), (1 - gt_prob) / (n_labels - 1), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), gt_prob, axis=0)
+    return probs
 
 
 def resolve_backend(backend: str, device: str | torch.device | None = None) -> str:

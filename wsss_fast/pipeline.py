@@ -110,13 +110,26 @@ class Run:
         """The CAMs later stages use: the refined ones when refinement runs."""
         return self.dir("make-cam-refined") if self.has("make-cam-refined") else self.dir("make-cam")
 
+    def pseudo_label_stage(self) -> str | None:
+        """The stage whose labels the segmentation network trains on: the
+        config's ``pseudo_labels``, else the first of PSA's random walk + CRF,
+        PSA's random walk, IRN's random walk and the CAM labels that the run
+        makes (None: none of them)."""
+        chosen = self.config.get("pseudo_labels")
+        if chosen is not None:
+            if chosen not in PSEUDO_LABEL_STAGES:
+                raise UsageError(f"pseudo_labels must be one of {', '.join(PSEUDO_LABEL_STAGES)}, got {chosen!r}")
+            if not self.has(chosen):
+                raise UsageError(f"pseudo_labels: {chosen!r} is not a stage of this config")
+            return chosen
+        return next((s for s in PSEUDO_LABEL_STAGES if self.has(s)), None)
+
     def pseudo_labels(self) -> Path:
-        """The labels the segmentation network trains on: the last of
-        random walk + CRF, random walk, CAM labels that the run makes."""
-        for stage in ("rw-crf", "rw", "make-labels"):
-            if self.has(stage):
-                return self.dir(stage)
-        raise UsageError("train-seg needs pseudo labels: enable rw-crf, rw or make-labels")
+        """The folder of :meth:`pseudo_label_stage`."""
+        stage = self.pseudo_label_stage()
+        if stage is None:
+            raise UsageError(f"train-seg needs pseudo labels: enable one of {', '.join(PSEUDO_LABEL_STAGES)}")
+        return self.dir(stage)
 
     def compute(self) -> dict:
         return {"device": self.device} if self.device else {}
@@ -154,6 +167,16 @@ STAGES = [
                         "crf": "psa", **r.compute()}),
     Stage("eval-rw-crf", "eval",
           lambda r, d: {"pred": r.dir("rw-crf"), **r.evaluation(r.eval_split, d)}, "CAM + RW + CRF"),
+    Stage("make-ir-labels", "make-ir-labels",
+          lambda r, d: {**r.data(r.train_split), "cam": r.cams(), "out": d}),
+    Stage("train-irn", "train-irn",
+          lambda r, d: {**r.data(r.train_split), "labels": r.dir("make-ir-labels"), "out": d, "resume": True,
+                        **r.compute()}),
+    Stage("rw-irn", "rw",
+          lambda r, d: {**r.data(r.train_split), "method": "irn", "model": r.dir("train-irn"), "cam": r.cams(),
+                        "out": d, **r.compute()}),
+    Stage("eval-rw-irn", "eval",
+          lambda r, d: {"pred": r.dir("rw-irn"), **r.evaluation(r.eval_split, d)}, "CAM + IRN"),
     Stage("train-seg", "train-seg",
           lambda r, d: {**r.data(r.train_split), "labels": r.pseudo_labels(), "out": d, "resume": True,
                         **r.compute()}),
@@ -169,6 +192,9 @@ STAGES = [
           lambda r, d: {"pred": r.dir("infer-seg-crf"), **r.evaluation(r.val_split, d)}, "DeepLab + CRF"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
+# stages that make pseudo labels, in the order train-seg picks them by default, with their evaluation
+PSEUDO_LABEL_STAGES = ("rw-crf", "rw", "rw-irn", "make-labels")
+EVALUATION_OF = {"rw-crf": "eval-rw-crf", "rw": "eval-rw", "rw-irn": "eval-rw-irn", "make-labels": "eval-labels"}
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -228,6 +254,7 @@ def validate(config: dict) -> Run:
             if stage.command not in parsers:
                 raise UsageError(f"stage {stage.name}: this wsss-fast has no {stage.command!r} command")
             options_to_argv(parsers[stage.command], run.options[stage.name], f"stages.{stage.name}")
+    run.pseudo_label_stage()  # a bad pseudo_labels choice fails here
     for stage in STAGES:
         if run.has(stage.name):
             stage_args(run, stage, parsers)
@@ -383,6 +410,51 @@ def run_pipeline(config: dict, *, force: list[str] | tuple = (), progress: bool 
     return summary
 
 
+def with_seed(config: dict, seed: int) -> dict:
+    """A copy of ``config`` in which every enabled stage whose command takes
+    ``--seed`` (the training stages) gets ``seed``."""
+    from .cli import build_parser
+
+    parsers = _subparsers(build_parser())
+    stages = {name: dict(options or {}) for name, options in (config.get("stages") or {}).items()}
+    for stage in STAGES:
+        if stage.name in stages and "--seed" in parsers[stage.command]._option_string_actions:
+            stages[stage.name]["seed"] = seed
+    return {**config, "stages": stages}
+
+
+def summarise_seeds(summaries: dict[int, dict]) -> dict:
+    """The mIoU rows of runs that differ only in their seed: per row title,
+    every seed's value, the mean, the sample standard deviation (n - 1), the
+    minimum and the maximum (fractions; None where a run has no value)."""
+    rows = []
+    titles = [row["name"] for row in next(iter(summaries.values()))["table"]]
+    for title in titles:
+        values = {seed: next((r["miou"] for r in s["table"] if r["name"] == title), None)
+                  for seed, s in summaries.items()}
+        known = [v for v in values.values() if v is not None]
+        mean = sum(known) / len(known) if known else None
+        std = (math.sqrt(sum((v - mean) ** 2 for v in known) / (len(known) - 1)) if len(known) > 1 else None)
+        rows.append({"name": title, "values": values, "mean": mean, "std": std,
+                     "min": min(known) if known else None, "max": max(known) if known else None})
+    return {"seeds": list(summaries), "rows": rows,
+            "seconds": {seed: s["total_seconds"] for seed, s in summaries.items()}}
+
+
+def format_seed_table(result: dict) -> str:
+    """The rows of :func:`summarise_seeds` as a text table (mIoU in %)."""
+    def pct(v):
+        return f"{100 * v:6.2f}" if v is not None else "     -"
+
+    seeds = result["seeds"]
+    head = f"{'result':<22}" + "".join(f" {'seed ' + str(s):>8}" for s in seeds) + "     mean     std   min..max"
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(f"{r['name']:<22}" + "".join(f" {pct(r['values'][s]):>8}" for s in seeds)
+                     + f"   {pct(r['mean'])}  {pct(r['std'])}   {pct(r['min']).strip()}..{pct(r['max']).strip()}")
+    return "\n".join(lines)
+
+
 def _miou(stage_dir: Path, stage: Stage) -> float | None:
     if stage.title is None:
         return None
@@ -405,8 +477,8 @@ def _report(run: Run, parsers: dict) -> None:
     """The HTML report of the train split: CAMs and the final pseudo labels."""
     if "make-cam" not in run.enabled:
         return
-    labels = next((s for s in ("rw-crf", "rw", "make-labels") if run.has(s)), None)
-    evaluated = {"rw-crf": "eval-rw-crf", "rw": "eval-rw", "make-labels": "eval-labels"}.get(labels)
+    labels = run.pseudo_label_stage()
+    evaluated = EVALUATION_OF.get(labels)
     options = {**run.data(run.train_split), "cam": run.cams(), "out": run.out / "report"}
     if labels:
         options["pred"] = run.dir(labels)

@@ -55,9 +55,9 @@ class TrainConfig:
 
     lr_mult: learning-rate multipliers of the four parameter groups
         (pretrained weight, pretrained bias, new weight, new bias).
-    bias_decay: weight decay on the biases too (DRS's train_cls.py gives SGD
-        one weight_decay for every group); False keeps biases free of it, as
-        PSA, SC-CAM and DeepLab do.
+    bias_decay: weight decay on the biases too (DRS's train_cls.py and IRN's
+        PolyOptimizer give SGD one weight_decay for every group); False keeps
+        biases free of it, as PSA, SC-CAM and DeepLab do.
     schedule: "poly" (lr x (1 - step / steps) ** poly_power) or "step" (lr x
         gamma at each epoch of ``milestones``, 0-based).
     poly_every: the poly factor is recomputed every ``poly_every`` steps only

@@ -91,6 +91,36 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {exc}") from None
 
 
+def add_split_flags(p: argparse.ArgumentParser) -> None:
+    """``--voc DIR`` (required) and ``--split`` (default train_aug)."""
+    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
+    p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
+
+
+def add_backbone_flags(g, *, backbone_help: str, weights_help: str) -> None:
+    """``--init``, ``--backbone``, ``--weights`` and ``--backbone-option``:
+    where a stage's backbone starts from (:class:`wsss_fast.models.initial.BackboneInit`)."""
+    g.add_argument("--init", metavar="PATH",
+                   help="classifier final.pt (or its folder): the backbone (name, options, weights) to start from")
+    g.add_argument("--backbone", help=backbone_help)
+    g.add_argument("--weights", metavar="FILE", help=weights_help)
+    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. width=16)")
+
+
+def add_sgd_flags(t, *, epochs: int, batch_size: int, lr: float, weight_decay: float, momentum: float,
+                  reference: str) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--weight-decay``,
+    ``--momentum`` and ``--seed`` with the ``reference``'s defaults."""
+    t.add_argument("--epochs", type=int_at_least(1), default=epochs)
+    t.add_argument("--batch-size", type=int_at_least(1), default=batch_size)
+    t.add_argument("--lr", type=positive_float, default=lr)
+    t.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
+    t.add_argument("--momentum", type=non_negative_float, default=momentum,
+                   help=f"SGD momentum (default {momentum:g} as {reference})")
+    t.add_argument("--seed", type=int, default=0)
+
+
 def add_device_flag(p: argparse.ArgumentParser, note: str = "") -> None:
     """--device, None unless given: resolve it with :func:`default_device`."""
     p.add_argument("--device", default=None,
@@ -111,6 +141,15 @@ def add_crf_backend_flag(p: argparse.ArgumentParser) -> None:
                    help="dense CRF implementation (wsss_fast.crf): 'wsss' (our operator, on the "
                         "command's device), 'pydensecrf' (a process pool) or 'auto' (wsss where "
                         "its compiled kernel exists, else pydensecrf when installed; default)")
+
+
+def add_crf_stage_flags(p: argparse.ArgumentParser) -> None:
+    """--crf-backend, --device and --workers of a command whose work is the CRF."""
+    add_crf_backend_flag(p)
+    p.add_argument("--device", default=None,
+                   help="device of the wsss CRF backend (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
 
 
 def default_device(device: str | None) -> str:

@@ -1,23 +1,17 @@
 """``wsss-fast make-aff-labels``, ``train-aff`` and ``rw``: AffinityNet's
 labels from CAMs, its training, and the random walk (PSA's infer_cls CRF
-step, train_aff and infer_aff)."""
+step, train_aff and infer_aff; ``rw --method irn`` is IRN's walk on the
+boundary network of ``train-irn``, :mod:`wsss_fast.commands.irn`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import (add_crf_backend_flag, add_device_flags, default_device, int_at_least, key_value,
-               non_negative_float, output_dir, positive_float)
+from . import (add_backbone_flags, add_crf_backend_flag, add_crf_stage_flags, add_device_flags, add_sgd_flags,
+               add_split_flags, default_device, int_at_least, non_negative_float, output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
-
-
-
-
-def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--voc", type=Path, required=True, metavar="DIR", help="VOC-style root")
-    p.add_argument("--split", default="train_aug", help="split name or list file (default train_aug)")
 
 
 def add_parser(subparsers) -> None:
@@ -26,8 +20,8 @@ def add_parser(subparsers) -> None:
         description="For each image, a dense CRF of [(1 - max CAM)^alpha, CAMs] with a low and a high "
                     "alpha (PSA); writes the marginals to OUT/la and OUT/ha (score .npz at image "
                     "resolution, keys [0, classes]). Resumes (skips images whose two files exist); "
-                    "shards over torchrun ranks; CRFs run over a process pool.")
-    _data(p)
+                    "shards over torchrun ranks; CRFs run on --crf-backend.")
+    add_split_flags(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--low-alpha", type=positive_float, default=4.0, metavar="A",
@@ -35,11 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
                    help="background exponent of the confident-background CRF (default 32; paper 24)")
     p.add_argument("--crf", choices=("psa", "deeplab"), default="psa", help="CRF preset (default psa)")
-    add_crf_backend_flag(p)
-    p.add_argument("--device", default=None,
-                   help="device of the wsss CRF backend (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
-                   help="processes of the pydensecrf CRF backend (default: every core)")
+    add_crf_stage_flags(p)
     p.add_argument("--encoding", choices=("uint8", "float16"), default="uint8",
                    help="score-file encoding (default uint8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -52,30 +42,21 @@ def add_parser(subparsers) -> None:
                     "rescaling. The backbone comes from a train-cls model (--init) or is built by "
                     "name with optional pretrained weights (--backbone, --weights: PSA starts from "
                     "ImageNet weights). Writes final.pt, checkpoints and log.jsonl to --out.")
-    _data(p)
+    add_split_flags(p)
     p.add_argument("--labels", type=Path, required=True, metavar="DIR", help="output of make-aff-labels")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
-    g.add_argument("--init", metavar="PATH",
-                   help="classifier final.pt (or its folder): the backbone (name, options, weights) to start from")
-    g.add_argument("--backbone", help="backbone name (without --init; with it, must be the classifier's)")
-    g.add_argument("--weights", metavar="FILE",
-                   help="backbone weights file (PSA: ImageNet); with --init it replaces the classifier's weights")
-    g.add_argument("--backbone-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, repeatable (e.g. width=16)")
+    add_backbone_flags(g, backbone_help="backbone name (without --init; with it, must be the classifier's)",
+                       weights_help="backbone weights file (PSA: ImageNet); with --init it replaces the "
+                                    "classifier's weights")
     g.add_argument("--head-norm", choices=("gn", "none"), default=None,
                    help="GroupNorm after the head's projections (PSA's VGG-16 head) or none (PSA's ResNet-38 "
                         "head); default: none for resnet38, gn otherwise")
     g.add_argument("--radius", type=int_at_least(2), default=5, help="pair radius on the grid (default 5)")
     g.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int_at_least(1), default=8)
-    t.add_argument("--batch-size", type=int_at_least(1), default=8)
-    t.add_argument("--lr", type=positive_float, default=0.1)
-    t.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
-    t.add_argument("--momentum", type=non_negative_float, default=5e-4, help="SGD momentum (default 5e-4 as PSA)")
-    t.add_argument("--seed", type=int, default=0)
+    add_sgd_flags(t, epochs=8, batch_size=8, lr=0.1, weight_decay=5e-4, momentum=5e-4, reference="PSA")
     t.add_argument("--crop", type=int_at_least(8), default=448, help="random square crop side (px)")
     t.add_argument("--resize-long", type=int_at_least(1), nargs=2, metavar=("MIN", "MAX"),
                    help="random long-side resize range (px; PSA's train_aff: none)")
@@ -84,20 +65,33 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
-        "rw", help="random walk of the CAMs along AffinityNet's affinities -> label maps",
-        description="PSA's infer_aff: background (1 - max CAM)^alpha, maps pooled to the stride-8 "
-                    "grid, sparse random walk (beta, steps), upsampled, argmax -> OUT/<name>.png "
-                    "(evaluable with wsss-fast eval). Resumes; shards over torchrun ranks.")
-    _data(p)
-    p.add_argument("--model", type=Path, required=True, metavar="PATH", help="train-aff final.pt or its folder")
+        "rw", help="random walk of the CAMs (PSA's AffinityNet or IRN's boundaries) -> label maps",
+        description="--method psa (PSA's infer_aff, --model from train-aff): background (1 - max CAM)^alpha, "
+                    "maps pooled to the stride-8 grid, sparse random walk (beta 8, 256 steps), upsampled, "
+                    "argmax. --method irn (IRN's make_sem_seg_labels, --model from train-irn): CAMs at "
+                    "stride 4 times (1 - boundary), sparse walk on the boundary affinities (radius 5, beta "
+                    "10, 256 steps), upsampled, divided by the maximum, argmax over [0.25, maps]. Writes "
+                    "OUT/<name>.png (evaluable with wsss-fast eval). Resumes; shards over torchrun ranks.")
+    add_split_flags(p)
+    p.add_argument("--method", choices=("psa", "irn"), default="psa",
+                   help="PSA's walk on AffinityNet (default) or IRN's on its boundary map")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH",
+                   help="train-aff (psa) or train-irn (irn) final.pt or its folder")
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label-map folder")
     p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
-    p.add_argument("--alpha", type=positive_float, default=16.0, help="background exponent (default 16)")
-    p.add_argument("--beta", type=positive_float, default=8.0, help="affinity exponent (default 8; IRN 10)")
-    p.add_argument("--steps", type=int_at_least(0, at_most=65536), default=256,
-                   help="walk steps, 0..65536 (default 256 = 2^logt)")
-    p.add_argument("--border", choices=("all", "psa"), default="all", help=BORDER_HELP)
+    p.add_argument("--beta", type=positive_float, help="affinity exponent (default: psa 8, irn 10)")
+    p.add_argument("--steps", type=int_at_least(0, at_most=65536), help="walk steps, 0..65536 (default 256 = 2^8)")
+    p.add_argument("--border", choices=("all", "psa"), default="all",
+                   help=BORDER_HELP + " (default all, also IRN's)")
+    g = p.add_argument_group("psa only")
+    g.add_argument("--alpha", type=positive_float, help="background exponent (default 16)")
+    g = p.add_argument_group("irn only")
+    g.add_argument("--radius", type=int_at_least(1), help="pair radius of the walk at stride 4 (default 5)")
+    g.add_argument("--threshold", type=non_negative_float, metavar="T",
+                   help="background score after dividing by the maximum (default 0.25)")
+    g.add_argument("--pad-to", type=int_at_least(0), metavar="PX",
+                   help="pad images to at least PX x PX for the boundary network (default: its training crop)")
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
     add_crf_backend_flag(p)
     p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
@@ -143,13 +137,19 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_rw(args: argparse.Namespace) -> None:
     from ..data.voc import VOCRoot
-    from ..models.checkpoints import load_affinity_net
-    from ..stages.random_walk import WalkSettings, run_random_walk
+    from ..models.checkpoints import load_affinity_net, load_boundary_net
+    from ..stages.random_walk import run_random_walk, walk_settings
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)
-    model = load_affinity_net(args.model)
-    settings = WalkSettings(alpha=args.alpha, beta=args.beta, n_steps=args.steps, border=args.border)
+    pad_to = args.pad_to
+    if args.method == "irn":
+        model, meta = load_boundary_net(args.model)
+        pad_to = meta.get("crop", 0) if pad_to is None else pad_to
+    else:
+        model = load_affinity_net(args.model)
+    settings = walk_settings(args.method, alpha=args.alpha, beta=args.beta, n_steps=args.steps,
+                             border=args.border, radius=args.radius, threshold=args.threshold, pad_to=pad_to)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
                               crf=args.crf, crf_workers=args.crf_workers,
                               crf_backend=args.crf_backend, batch_size=args.batch_size,

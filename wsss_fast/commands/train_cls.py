@@ -25,13 +25,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="train_aug", help="training split name or list file (default train_aug)")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", choices=("cam", "drs", "sccam"), default="cam")
+    p.add_argument("--preset", choices=("psa", "irn", "drs", "sccam"),
+                   help="reference settings of the method: cam takes psa (default: PSA's train_cls) or irn "
+                        "(IRN's train_cam: ResNet-50, crop 512, batch 16, 5 epochs, lr 0.1)")
     p.add_argument("--reference", action="store_true",
                    help="every setting of the method's reference code, also where wsss-fast's default differs "
-                        f"on purpose (drs: {' '.join(REFERENCE_FLAGS['drs'])}; cam and sccam: their presets "
-                        "already are); flags given explicitly win")
+                        f"on purpose (drs: {' '.join(REFERENCE_FLAGS['drs'])}; cam (psa, irn) and sccam: their "
+                        "presets already are); flags given explicitly win")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     g = p.add_argument_group("network")
-    g.add_argument("--backbone", help="backbone name (default: the method's: resnet38, vgg16_d1)")
+    g.add_argument("--backbone", help="backbone name (default: the preset's: resnet38, vgg16_d1, resnet50)")
     g.add_argument("--weights", metavar="FILE",
                    help="pretrained backbone weights (a .pth file; 'imagenet' for efficientnet_lite0's packaged "
                         "weights); without it the backbone starts from random initialisation")
@@ -90,7 +93,7 @@ def add_parser(subparsers) -> None:
 def preset_from_args(args: argparse.Namespace):
     from ..stages.classify import override, preset, reference
 
-    p = (reference if args.reference else preset)(args.method)
+    p = (reference if args.reference else preset)(args.method, args.preset)
     options = dict(args.backbone_option)
     if args.backbone is not None and args.backbone != p.backbone:
         p.backbone_options = {}

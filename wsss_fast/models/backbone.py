@@ -3,7 +3,8 @@ references' learning-rate multipliers.
 
 A backbone maps an ImageNet-normalised RGB batch (N, 3, H, W), float, to
 feature maps at a fixed output stride. Classifiers use the last map;
-AffinityNet uses the last three (``forward_stages``).
+AffinityNet uses the last three (``forward_stages``); IRN's boundary network
+a pyramid that starts at stride 4 (``forward_pyramid``).
 """
 from __future__ import annotations
 
@@ -22,17 +23,21 @@ class Backbone(nn.Module):
     Subclasses set, in ``__init__``:
         out_channels: channels of ``forward``'s output.
         stride: output stride of ``forward`` (input pixels per feature cell),
-            8 for every backbone of the references.
+            8 for the backbones of PSA, SC-CAM and DRS, 16 for IRN's ResNet-50.
         stage_channels: channels of the maps ``forward_stages`` returns.
-        stage_strides: their output strides (4 or 8; the last is ``stride``).
+        stage_strides: their output strides (4, 8 or 16; the last is ``stride``).
         frozen_bn: True when the references keep BatchNorm statistics and
             affine parameters fixed while training (PSA's ResNet-38); the
             trainer then keeps BN layers in eval mode and their parameters
             out of the optimiser.
-    and implement ``forward_stages``. They override ``is_new`` when some of
-    their parameters are not covered by the pretrained weights (VGG-16 D1's
-    extra convolutions and DRS controllers), so that those get the higher
-    learning rates of new layers.
+        train_bn_affine: with frozen_bn, the BN affine parameters still train
+            (IRN's FixedBatchNorm); default False.
+    and implement ``forward_stages``. Backbones with finer maps than their
+    stages (ResNet's stride-4 stem and layer1) override ``forward_pyramid``,
+    ``pyramid_channels`` and ``pyramid_strides``. They override ``is_new``
+    when some of their parameters are not covered by the pretrained weights
+    (VGG-16 D1's extra convolutions and DRS controllers), so that those get
+    the higher learning rates of new layers.
 
     ``load_report`` is the :class:`~wsss_fast.models.weights.LoadReport` of
     the pretrained weights the backbone was built with (None: random init).
@@ -43,6 +48,7 @@ class Backbone(nn.Module):
     stage_channels: tuple[int, ...]
     stage_strides: tuple[int, ...]
     frozen_bn: bool = False
+    train_bn_affine: bool = False
     load_report = None
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -54,6 +60,22 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, out_channels, ceil(H / stride), ceil(W / stride)) features."""
         return self.forward_stages(x)[-1]
+
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
+        """Channels of the maps ``forward_pyramid`` returns."""
+        return self.stage_channels
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        """Their output strides, non-decreasing (IRN's branch needs 4 first)."""
+        return self.stage_strides
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps from fine to coarse, (N, pyramid_channels[i],
+        ceil(H / pyramid_strides[i]), ceil(W / pyramid_strides[i])); by
+        default those of ``forward_stages``."""
+        return self.forward_stages(x)
 
     def is_new(self, name: str) -> bool:
         """Whether parameter ``name`` (relative to this module) is new, i.e.
@@ -76,7 +98,9 @@ def param_groups(model: nn.Module, new_prefixes: tuple[str, ...] = ()) -> dict[s
 
     A parameter is new when its name starts with one of ``new_prefixes``
     (e.g. the classifier head) or when a :class:`Backbone` submodule says so
-    with ``is_new``. Parameters of frozen BatchNorm layers are left out.
+    with ``is_new``. Parameters of frozen BatchNorm layers are left out
+    (unless the backbone trains their affine parameters, ``train_bn_affine``),
+    and so are parameters that do not require gradients.
     """
     frozen = set()
     new_names = set()
@@ -85,7 +109,7 @@ def param_groups(model: nn.Module, new_prefixes: tuple[str, ...] = ()) -> dict[s
             for name, _ in module.named_parameters():
                 if module.is_new(name):
                     new_names.add(f"{prefix}.{name}" if prefix else name)
-            if module.frozen_bn:
+            if module.frozen_bn and not module.train_bn_affine:
                 for sub in module.modules():
                     if isinstance(sub, nn.modules.batchnorm._BatchNorm):
                         frozen.update(id(p) for p in sub.parameters())

@@ -5,7 +5,8 @@ state dict), ``config`` and ``metadata``, which says how to rebuild the
 network::
 
     kind              "classifier" (train-cls), "refine" (train-refine),
-                      "segmentation" (train-seg) or "affinity" (train-aff)
+                      "segmentation" (train-seg), "affinity" (train-aff) or
+                      "irn" (train-irn)
     backbone          registry name (wsss_fast.models.BACKBONES)
     backbone_options  keyword options of that backbone's factory
     num_classes       C, object classes (background excluded); segmentation:
@@ -18,6 +19,8 @@ network::
     method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
     head              segmentation only: "aspp" or "largefov"
     radius, head_norm affinity only: pair radius and the head's normalisation
+    radius, crop      irn only: training pair radius and crop (the walk pads
+                      images to the crop, as IRN)
 
 The backbone is built without pretrained weights (the state dict replaces
 them). Every error names the file.
@@ -34,6 +37,7 @@ from ..training import FINAL, load_final
 from .affinity_net import AffinityNet
 from .classifier import Classifier
 from .deeplab import DeepLab
+from .irn import BoundaryNet
 from .refine import RefineNet
 from .registry import build_backbone
 
@@ -89,6 +93,8 @@ def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
         model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
     elif meta["kind"] == "affinity":
         model = AffinityNet(backbone, radius=int(meta["radius"]), head_norm=meta["head_norm"])
+    elif meta["kind"] == "irn":
+        model = BoundaryNet(backbone)
     else:
         model = RefineNet(backbone, int(meta["num_classes"]))
     _load_state(model, state, path, f"{meta['backbone']} {meta['kind']}")
@@ -111,6 +117,13 @@ def load_affinity_net(path: str | os.PathLike) -> AffinityNet:
     """The :class:`AffinityNet` saved in a train-aff final.pt (or its folder)."""
     state, meta = read_checkpoint(path, ("affinity",))
     return build_model(state, meta, path)
+
+
+def load_boundary_net(path: str | os.PathLike) -> tuple[BoundaryNet, dict]:
+    """The :class:`BoundaryNet` saved in a train-irn final.pt (or its folder)
+    and its metadata (``crop`` ...)."""
+    state, meta = read_checkpoint(path, ("irn",))
+    return build_model(state, meta, path), meta
 
 
 def load_cam_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:

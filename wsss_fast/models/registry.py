@@ -15,6 +15,7 @@ BACKBONES = {
     "scratch": "wsss_fast.models.scratch:ScratchCNN",
     "vgg16_d1": "wsss_fast.models.vgg:vgg16_d1",
     "resnet38": "wsss_fast.models.resnet38:resnet38",
+    "resnet50": "wsss_fast.models.resnet50:resnet50",
     "resnet101": "wsss_fast.models.resnet101:resnet101",
     "efficientnet_lite0": "wsss_fast.models.efficientnet:efficientnet_lite0",
 }

@@ -1,5 +1,6 @@
 """ResNet-101 with torchvision's module names, dilated to output stride 8
-as DeepLab-v2 uses it, in two layouts.
+as DeepLab-v2 uses it, in two layouts; :class:`ResNet`, its class, also
+builds IRN's ResNet-50 (:mod:`wsss_fast.models.resnet50`).
 
 ``layout="torchvision"`` (default; torchvision ``resnet101(
 replace_stride_with_dilation=[False, True, True])``, whose ImageNet weights
@@ -22,6 +23,10 @@ the pipeline's transforms stay the same. Its output is h = ceil((ceil((H -
 1) / 2 + 1) - 1) / 2 + 1) -> floor((h - 1) / 2) + 1 (41 for 321, 21 for 160),
 not always ceil(H/8). Its weights: deeplab-pytorch's ``.pth`` files, read
 with their own key names (wsss_fast.models.convert.deeplab_pytorch_state).
+
+Output stride 16 (torchvision layout only; IRN's net/resnet50.py with
+``strides=(2, 2, 2, 1)``): layer3 keeps its stride 2, layer4 stride 1 and
+no dilation.
 """
 from __future__ import annotations
 
@@ -30,11 +35,14 @@ import os
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from .weights import load_backbone_weights
 
 LAYERS = (3, 4, 23, 3)
 LAYOUTS = ("torchvision", "deeplab")
+OUTPUT_STRIDES = (8, 16)
+PYRAMID_CHANNELS = (64, 256, 512, 1024, 2048)
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)  # deeplab-pytorch configs/voc12.yaml IMAGE.MEAN
 
 
@@ -65,25 +73,51 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet101(Backbone):
-    """Dilated ResNet-101 (see the module docstring); (N, 3, H, W) ->
-    (N, 2048, ceil(H/8), ceil(W/8)).
+class ResNet(Backbone):
+    """A ResNet of bottlenecks (see the module docstring); (N, 3, H, W) ->
+    (N, 2048, ceil(H / s), ceil(W / s)), s = ``output_stride``.
 
     Args:
-        frozen_bn: keep BatchNorm statistics and affine parameters fixed
-            (DeepLab-v2 does; default True).
+        layers: bottlenecks per layer ((3, 4, 23, 3): ResNet-101; (3, 4, 6,
+            3): ResNet-50).
+        frozen_bn: keep BatchNorm statistics fixed (eval mode) while
+            training, and its affine parameters too unless ``train_bn_affine``
+            (DeepLab-v2: both fixed; default True).
         layout: "torchvision" or "deeplab" (module docstring).
+        output_stride: 8 (dilated layer3 and layer4) or 16 (layer4 at stride
+            1 without dilation, IRN; torchvision layout only).
+        train_bn_affine: with frozen_bn, still train BatchNorm's scale and
+            shift (IRN's ``FixedBatchNorm``).
+        frozen_stages: 0..4, the leading stages that get no gradient and stay
+            in eval mode: 1 = stem and layer1, 2 = also layer2 (IRN's CAM net
+            detaches layer2's output), ... .
 
     ``forward_stages`` returns the outputs of layer2 (512 ch), layer3 (1024)
-    and layer4 (2048), all at stride 8: like PSA's ResNet-38 taps, the end of
-    the last downsampling stage and the two stages after it.
+    and layer4 (2048): like PSA's ResNet-38 taps, the end of the last
+    stride-8 stage and the two stages after it. ``forward_pyramid`` returns
+    the stem (64 ch, after the max pooling, stride 4), layer1 (256, 4),
+    layer2 (512, 8), layer3 and layer4: the maps IRN's boundary branch reads.
     """
 
-    def __init__(self, frozen_bn: bool = True, layout: str = "torchvision"):
+    pyramid_channels = PYRAMID_CHANNELS
+
+    def __init__(self, layers: tuple[int, int, int, int] = LAYERS, *, frozen_bn: bool = True,
+                 layout: str = "torchvision", output_stride: int = 8, train_bn_affine: bool = False,
+                 frozen_stages: int = 0):
         super().__init__()
         if layout not in LAYOUTS:
-            raise ValueError(f"resnet101: layout must be one of {LAYOUTS}, got {layout!r}")
+            raise ValueError(f"resnet: layout must be one of {LAYOUTS}, got {layout!r}")
+        if output_stride not in OUTPUT_STRIDES or (output_stride != 8 and layout != "torchvision"):
+            raise UsageError(f"resnet: output_stride must be one of {OUTPUT_STRIDES} (16 with the torchvision "
+                             f"layout only), got {output_stride!r}")
+        if isinstance(frozen_stages, bool) or frozen_stages not in range(5):
+            raise UsageError(f"resnet: frozen_stages must be an int in 0..4, got {frozen_stages!r}")
+        if train_bn_affine and not frozen_bn:
+            raise UsageError("resnet: train_bn_affine=True needs frozen_bn=True (it says which BatchNorm "
+                             "parameters of the frozen layers still train)")
         self.frozen_bn = bool(frozen_bn)
+        self.train_bn_affine = bool(train_bn_affine)
+        self.frozen_stages = frozen_stages
         self.layout = layout
         self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -91,17 +125,24 @@ class ResNet101(Backbone):
         self.maxpool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=layout == "deeplab")
         self._cin = 64
         self._dilation = 1
-        self.layer1 = self._make_layer(64, LAYERS[0])
-        self.layer2 = self._make_layer(128, LAYERS[1], stride=2)
-        self.layer3 = self._make_layer(256, LAYERS[2], dilate=True)
-        self.layer4 = self._make_layer(512, LAYERS[3], dilate=True)
+        dilated = output_stride == 8
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=1 if dilated else 2, dilate=dilated)
+        self.layer4 = self._make_layer(512, layers[3], dilate=dilated)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.out_channels = 2048
-        self.stride = 8
-        self.stage_channels = (512, 1024, 2048)
-        self.stage_strides = (8, 8, 8)
+        self.stride = output_stride
+        self.stage_channels = PYRAMID_CHANNELS[2:]
+        self.stage_strides = (8, output_stride, output_stride)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        return (4, 4, 8, self.stride, self.stride)
 
     def _make_layer(self, width: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         # A dilated layer replaces its stride 2 with dilation 2; its first block
@@ -122,13 +163,36 @@ class ResNet101(Backbone):
         self._cin = cout
         return nn.Sequential(*layers)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _frozen_modules(self) -> list[nn.Module]:
+        stages = [[self.conv1, self.bn1, self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+        return [m for stage in stages[:self.frozen_stages] for m in stage]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+        return self
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.layout == "deeplab":
             x = caffe_input(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer2(self.layer1(x))
+        stem = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c1 = self.layer1(stem)
+        c2 = self.layer2(c1)
         c3 = self.layer3(c2)
-        return [c2, c3, self.layer4(c3)]
+        return [stem, c1, c2, c3, self.layer4(c3)]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_pyramid(x)[2:]
+
+
+class ResNet101(ResNet):
+    """Dilated ResNet-101 (module docstring): :class:`ResNet` with (3, 4, 23, 3)
+    bottlenecks at output stride 8. Args as :class:`ResNet`'s."""
+
+    def __init__(self, frozen_bn: bool = True, layout: str = "torchvision"):
+        super().__init__(LAYERS, frozen_bn=frozen_bn, layout=layout)
 
 
 def caffe_input(x: torch.Tensor) -> torch.Tensor:

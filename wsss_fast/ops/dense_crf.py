@@ -41,18 +41,20 @@ class CRFParams:
     bilateral_compat: float
 
 
-#: SPEC.md, "Dense CRF": PSA's affinity labels, and DeepLab's post-processing
-#: (pos_xy 1, pos_w 3, bi_xy 67, bi_rgb 3, bi_w 4).
+#: SPEC.md, "Dense CRF": PSA's affinity labels, DeepLab's post-processing
+#: (pos_xy 1, pos_w 3, bi_xy 67, bi_rgb 3, bi_w 4) and IRN's crf_inference_label.
 PRESETS = {
     "psa": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
                      bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10),
     "deeplab": CRFParams(iterations=10, gaussian_sxy=1, gaussian_compat=3,
                          bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4),
+    "irn": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
+                     bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10),
 }
 
 
 def resolve_params(params: str | CRFParams) -> CRFParams:
-    """A preset name ("psa", "deeplab") or a CRFParams -> CRFParams."""
+    """A preset name ("psa", "deeplab", "irn") or a CRFParams -> CRFParams."""
     if isinstance(params, CRFParams):
         return params
     if params not in PRESETS:

@@ -34,7 +34,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ from ..crf import imap_dense_crf
 from ..data.voc import VOCRoot
 from ..errors import DataError
 from ..pairs import counted_sources, offsets
-from ..palette import VOID
 from ..outputs import OutputFolder
+from ..palette import VOID
 from ..storage import ScoreMap, load_scores, require_score_files, save_scores
 
 LOW, HIGH = "la", "ha"    # sub-folders of the low- and high-alpha CRF marginals
@@ -99,6 +99,62 @@ def label_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     return out_dir / LOW / f"{name}.npz", out_dir / HIGH / f"{name}.npz"
 
 
+def crfs_per_image(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
+                   inputs: Callable[[ScoreMap], Sequence[np.ndarray]], count: int, crf: str, *,
+                   crf_backend: str = "auto", device: str | None = None, workers: int | None = None,
+                   progress: bool = True) -> Iterator[tuple[str, np.ndarray, list[np.ndarray]]]:
+    """Dense CRFs of ``count`` inputs per image, on ``crf_backend``
+    (:func:`wsss_fast.crf.imap_dense_crf`: ours on ``device``, or pydensecrf on
+    ``workers`` processes).
+
+    For every image of ``names`` (the caller's share, whose outputs are
+    missing): its CAM file is read and checked (:func:`check_cams`),
+    ``inputs(cams)`` gives the ``count`` CRF inputs ((L, H, W)
+    probabilities), and their marginals come back in order.
+
+    Yields:
+        (name, keys int64 (K + 1,) = [0, classes], [marginals (L, H, W)
+        float32 per input]).
+    """
+    cam_dir = Path(cam_dir)
+    require_score_files(cam_dir, names)
+    voc.check_images(names)
+    keys_of: deque[np.ndarray] = deque()  # filled as the jobs are read
+
+    def jobs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for name in names:
+            image = voc.load_image(name)
+            cams = load_scores(cam_dir / f"{name}.npz")
+            check_cams(cams, name, image.shape[:2], cam_dir)
+            probs = list(inputs(cams))
+            if len(probs) != count:
+                raise ValueError(f"crfs_per_image: inputs gave {len(probs)} CRF inputs, expected {count}")
+            keys_of.append(np.concatenate([[0], cams.keys]))
+            for p in probs:
+                yield image, p
+
+    results = imap_dense_crf(jobs(), crf, backend=crf_backend, device=device, workers=workers,
+                             total=count * len(names), progress=progress)
+    try:
+        for name in names:
+            marginals = [next(results) for _ in range(count)]
+            yield name, keys_of.popleft(), marginals
+    finally:
+        results.close()  # stops the process pool
+
+
+def pending_share(folder: OutputFolder, names: Sequence[str], outputs: Callable[[str], Iterable[Path]]
+                  ) -> tuple[list[str], int]:
+    """(this rank's share of the images whose ``outputs`` are missing or
+    damaged, number of images done): every rank lists the pending images
+    (:meth:`~wsss_fast.outputs.OutputFolder.pending`) and waits for the others
+    before any writes (:func:`wsss_fast.distributed.barrier`), then takes
+    every N-th."""
+    todo = folder.pending(names, outputs)
+    distributed.barrier()
+    return distributed.shard(todo), len(names) - len(todo)
+
+
 def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                          out_dir: str | os.PathLike, *, alphas: tuple[float, float] = ALPHAS,
                          crf: str = "psa", workers: int | None = None, encoding: str = "uint8",
@@ -131,43 +187,15 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     with OutputFolder(out_dir, "make-aff-labels", {"alphas": [low, high], "crf": crf, "encoding": encoding},
                       {"cam": cam_dir}) as folder:
-        todo = folder.pending(names, lambda name: label_paths(out_dir, name))
-        skipped = len(names) - len(todo)
-        distributed.barrier()  # every rank has listed the pending images before anyone writes
-        todo = distributed.shard(todo)
-        require_score_files(cam_dir, todo)
-        voc.check_images(todo)
+        todo, skipped = pending_share(folder, names, lambda name: label_paths(out_dir, name))
         start = time.perf_counter()
-        _write_affinity_labels(voc, todo, cam_dir, out_dir, (low, high), crf, encoding, progress,
-                               {"backend": crf_backend, "device": device, "workers": workers})
-    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
-
-
-def _write_affinity_labels(voc: VOCRoot, todo: Sequence[str], cam_dir: Path, out_dir: Path,
-                           alphas: tuple[float, float], crf: str, encoding: str, progress: bool,
-                           crf_options: dict) -> None:
-    """crf_options: backend, device and workers of :func:`imap_dense_crf`."""
-    low, high = alphas
-    keys_of: deque[np.ndarray] = deque()  # filled as the jobs are read
-
-    def jobs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for name in todo:
-            image = voc.load_image(name)
-            cams = load_scores(cam_dir / f"{name}.npz")
-            check_cams(cams, name, image.shape[:2], cam_dir)
-            keys_of.append(np.concatenate([[0], cams.keys]))
-            yield image, crf_inputs(cams, low)
-            yield image, crf_inputs(cams, high)
-
-    results = imap_dense_crf(jobs(), crf, total=2 * len(todo), progress=progress, **crf_options)
-    try:
-        for name in todo:
-            marginals = next(results), next(results)
-            keys = keys_of.popleft()
+        for name, keys, marginals in crfs_per_image(
+                voc, todo, cam_dir, lambda cams: (crf_inputs(cams, low), crf_inputs(cams, high)), 2,
+                crf, crf_backend=crf_backend, device=device, workers=workers,
+                progress=progress):
             for path, q in zip(label_paths(out_dir, name), marginals):
                 save_scores(path, keys, q, encoding=encoding)
-    finally:
-        results.close()  # stops the process pool
+    return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
 def load_label_scores(out_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

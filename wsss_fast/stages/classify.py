@@ -40,6 +40,8 @@ from ..training import FINAL, EpochDataset, Trainer, TrainConfig, load_final
 from ..transforms import TrainAugment, normalize
 
 METHODS = ("cam", "drs", "sccam")
+# the reference settings each method offers (the first is its default)
+PRESETS = {"cam": ("psa", "irn"), "drs": ("drs",), "sccam": ("sccam",)}
 
 
 @dataclass
@@ -65,16 +67,28 @@ class MethodPreset:
     round_epochs: tuple[int, ...] = ()
 
 
-def preset(method: str) -> MethodPreset:
-    """Defaults of ``method`` (a fresh copy), from the reference code:
+def preset(method: str, variant: str | None = None) -> MethodPreset:
+    """Defaults of ``method`` with the settings of reference ``variant``
+    (None: the method's first in :data:`PRESETS`), a fresh copy, from the
+    reference code:
 
-    cam: PSA's train_cls.py: ResNet-38, dropout 0.5, batch 16, 15 epochs, SGD
+    cam (psa): PSA's train_cls.py: ResNet-38, dropout 0.5, batch 16, 15 epochs, SGD
         lr 0.1 poly 0.9, wd 5e-4 (weights only), lr x1/x2/x10/x20 for
         pretrained weight/bias and new weight/bias, resize-long 256..512,
         crop 448, colour jitter (0.3, 0.3, 0.3, 0.1), last partial batch
         dropped. PSA's PolyOptimizer passes its weight decay positionally
         into SGD's *momentum* slot, so its effective momentum is 5e-4; we
         reproduce that (momentum=0.0005).
+    cam (irn): IRN's train_cam (run_sample.py, step/train_cam.py,
+        net/resnet50_cam.py): ResNet-50 at output stride 16 with IRN's
+        FixedBatchNorm (statistics fixed, affine parameters trained) and no
+        gradient to the stem, layer1 and layer2 (IRN detaches layer2's
+        output), no dropout, batch 16, 5 epochs, SGD lr 0.1 poly 0.9 with lr
+        x1 for the backbone and x10 for the head, weight decay 1e-4 on every
+        parameter (biases too), resize-long 320..640, flip, crop 512, no colour
+        jitter. IRN's PolyOptimizer has PSA's quirk: momentum = weight decay =
+        1e-4. IRN initialises its head with PyTorch's default, ours with
+        Xavier (as PSA).
     drs: DRS's VGG-16 D1 with learnable DRS at all 16 positions, batch 10
         (run.sh: 5 per GPU on 2 GPUs), 15 epochs, SGD nesterov momentum 0.9
         lr 1e-3, x0.1 from the 5th and the 10th epoch (the code's
@@ -93,30 +107,41 @@ def preset(method: str) -> MethodPreset:
         checkpoints ep30 / ep40 / ep50 of script.sh, taken before the
         schedule decays to zero).
     """
-    if method == "cam":
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    variant = variant or PRESETS[method][0]
+    if variant not in PRESETS[method]:
+        raise UsageError(f"method {method!r} has no preset {variant!r}; choose one of "
+                         f"{', '.join(PRESETS[method])}")
+    if variant == "irn":
+        return MethodPreset("resnet50", {"train_bn_affine": True, "frozen_stages": 2}, 0.0, 0, 0.0,
+                            TrainConfig(epochs=5, batch_size=16, lr=0.1, weight_decay=1e-4, momentum=1e-4,
+                                        schedule="poly", lr_mult=(1.0, 1.0, 10.0, 10.0), bias_decay=True),
+                            {"crop": 512, "resize_long": (320, 640), "jitter": None})
+    if variant == "psa":
         return MethodPreset("resnet38", {}, 0.5, 0, 0.0,
                             TrainConfig(epochs=15, batch_size=16, lr=0.1, momentum=5e-4, schedule="poly"),
                             {"crop": 448, "resize_long": (256, 512)})
-    if method == "drs":
+    if variant == "drs":
         return MethodPreset("vgg16_d1", {"drs": "learnable"}, 0.0, 0, 0.0,
                             TrainConfig(epochs=15, batch_size=10, lr=1e-3, momentum=0.9, nesterov=True,
                                         schedule="step", milestones=(4, 9)),
                             {"crop": 320, "resize_short": 384})
-    if method == "sccam":
-        return MethodPreset("resnet38", {}, 0.5, 10, 5.0,
-                            TrainConfig(epochs=61, batch_size=16, lr=0.01, momentum=5e-4, schedule="poly"),
-                            {"crop": 224, "resize_long": (256, 512)}, round_epochs=(31, 41, 51))
-    raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return MethodPreset("resnet38", {}, 0.5, 10, 5.0,  # sccam
+                        TrainConfig(epochs=61, batch_size=16, lr=0.01, momentum=5e-4, schedule="poly"),
+                        {"crop": 224, "resize_long": (256, 512)}, round_epochs=(31, 41, 51))
 
 
-def reference(method: str) -> MethodPreset:
-    """``method``'s preset with every setting of the reference code, also
-    where wsss-fast's default differs on purpose (README, "Reproducing the
-    references"). DRS (models/vgg.py, utils/LoadData.py, scripts/train_cls.py):
-    squash to 384 x 384 then crop 320, class head with bias and He init,
-    weight decay on biases, last partial batch kept. The cam and sccam
-    presets already are their code's settings."""
-    p = preset(method)
+def reference(method: str, variant: str | None = None) -> MethodPreset:
+    """``method``'s preset (of reference ``variant``) with every setting of
+    the reference code, also where wsss-fast's default differs on purpose
+    (README, "Reproducing the references"). DRS (models/vgg.py,
+    utils/LoadData.py, scripts/train_cls.py): squash to 384 x 384 then crop
+    320, class head with bias and He init, weight decay on biases, last
+    partial batch kept. The cam (psa, irn) and sccam presets already are their
+    code's settings, but for IRN's head initialisation (PyTorch's default;
+    not offered)."""
+    p = preset(method, variant)
     if method == "drs":
         p = override(p, head_bias=True, head_init="he", **{"augment.squash": 384, "train.bias_decay": True,
                                                             "train.drop_last": False})

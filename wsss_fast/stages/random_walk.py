@@ -1,11 +1,13 @@
-"""The random-walk stage (``wsss-fast rw``; PSA's infer_aff): CAMs propagated
-along the affinities of a trained AffinityNet, then label maps.
+"""The random-walk stage (``wsss-fast rw``; PSA's infer_aff, ``--method
+irn``: IRN's make_sem_seg_labels): CAMs propagated along the affinities of a
+trained AffinityNet, or of the boundary map of a trained IRN boundary
+network, then label maps.
 
-Reads a trained AffinityNet (final.pt), the images and the CAM files of a
-split; writes ``<out>/<name>.png`` label maps and, when asked, the
-propagated maps as ``<scores>/<name>.npz``.
+Reads a trained AffinityNet or IRN boundary network (final.pt), the images and
+the CAM files of a split; writes ``<out>/<name>.png`` label maps and, when
+asked, the propagated maps as ``<scores>/<name>.npz``.
 
-Per image, as PSA: the background row (1 - max_c CAM)^alpha (alpha 16) is
+PSA (:func:`propagate`), per image: the background row (1 - max_c CAM)^alpha (alpha 16) is
 computed at image resolution; image and maps are zero-padded at the bottom
 and right to a multiple of the network stride (8), the maps average-pooled
 by it; the network's affinities of the padded image drive
@@ -15,6 +17,19 @@ argmax over [bg, classes of the image] is the label. ``border`` picks the
 pairs of the walk ("all", or "psa" to drop those PSA's index construction
 drops). An optional dense CRF on the propagated maps (each pixel's scores
 divided by their sum) gives the label instead.
+
+IRN (:func:`propagate_irn`; jiwoon-ahn/irn step/make_sem_seg_labels.py), per
+image: the boundary map at stride 4 (IRN's EdgeDisplacement: the image and
+its mirror zero-padded to the training crop, 512, sigmoid of the mean of
+their logits); the CAMs at stride 4 (the image-resolution CAMs resized
+bilinearly to ceil(H / 4) x ceil(W / 4) and each divided by its maximum +
+1e-5; IRN resizes each scale's network output straight to that grid, which
+gives the same map when the sides are multiples of 16 and otherwise differs by
+interpolation rounding); :func:`wsss_fast.boundary.boundary_random_walk` of
+the CAMs times (1 - boundary) (radius 5, beta 10, 256 steps); upsampled by 4
+(bilinear), cropped to the image, divided by its maximum over all classes and
+pixels; the label is the argmax over [0.25, those maps]. There is no
+background row in the walk: the background is the constant threshold.
 
 Images of the same size go through the network and the walk together.
 """
@@ -30,16 +45,19 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import distributed, ops
 from .affinity_labels import background_score, check_cams
+from ..boundary import boundary_random_walk
 from ..crf import imap_dense_crf
 from ..data.voc import VOCRoot
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..inference import batches_by_size, image_sizes, shard_by_batch
 from ..models.affinity_net import AffinityNet
+from ..models.irn import BoundaryNet
 from ..outputs import OutputFolder
 from ..storage import load_scores, require_score_files, save_label_png, save_scores
 from ..transforms import normalize
@@ -53,6 +71,47 @@ class WalkSettings:
     beta: float = 8.0
     n_steps: int = 256
     border: str = "all"
+
+
+@dataclass
+class IRNWalkSettings:
+    """IRN's make_sem_seg_labels defaults: affinity exponent ``beta`` 10,
+    ``n_steps`` 256 (2^exp_times, exp_times 8), pair ``radius`` 5,
+    background ``threshold`` 0.25 (sem_seg_bg_thres), images padded to
+    ``pad_to`` (the training crop; IRN: 512) for the boundary network;
+    ``border`` "all" (IRN's pairs) or "psa" (:func:`wsss_fast.ops.random_walk`)."""
+    beta: float = 10.0
+    n_steps: int = 256
+    radius: int = 5
+    threshold: float = 0.25
+    pad_to: int = 512
+    border: str = "all"
+
+
+METHODS = ("psa", "irn")
+
+
+def walk_settings(method: str, *, alpha: float | None = None, beta: float | None = None,
+                  n_steps: int | None = None, border: str | None = None, radius: int | None = None,
+                  threshold: float | None = None, pad_to: int | None = None
+                  ) -> WalkSettings | IRNWalkSettings:
+    """The settings of ``method`` ("psa" or "irn") with the given values (None:
+    the method's default); a value the method does not use is a UsageError
+    naming it."""
+    if method not in METHODS:
+        raise UsageError(f"unknown random-walk method {method!r}; choose one of {', '.join(METHODS)}")
+    common = {k: v for k, v in (("beta", beta), ("n_steps", n_steps), ("border", border)) if v is not None}
+    own = {"psa": {"alpha": alpha},
+           "irn": {"radius": radius, "threshold": threshold, "pad_to": pad_to}}
+    other = "irn" if method == "psa" else "psa"
+    wrong = [k for k, v in own[other].items() if v is not None]
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)}: used by the {other} random walk only, not by "
+                         f"--method {method}")
+    given = {k: v for k, v in own[method].items() if v is not None}
+    if method == "psa":
+        return WalkSettings(**common, **given)
+    return IRNWalkSettings(**common, **given)
 
 
 @dataclass
@@ -101,6 +160,43 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
     return up[..., :h, :w]
 
 
+def strided_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """IRN's stride-4 CAMs from image-resolution ones: (B, K, H, W) resized
+    bilinearly (align_corners=False) to ``size`` and each map divided by its
+    maximum + 1e-5."""
+    small = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
+    return small / (small.amax((2, 3), keepdim=True) + 1e-5)
+
+
+@torch.no_grad()
+def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
+                  settings: IRNWalkSettings) -> torch.Tensor:
+    """IRN's walk of a batch of same-sized images (module docstring).
+
+    Args:
+        model: BoundaryNet in eval mode, on the images' device.
+        images: (B, 3, H, W) uint8 or float RGB in [0, 255].
+        cams: (B, K, H, W) max-normalised object CAMs in [0, 1] at image
+            resolution (channels beyond an image's classes all zero).
+
+    Returns:
+        (B, K + 1, H, W) float32: channel 0 the constant background
+        threshold, then the propagated maps divided by each image's maximum.
+    """
+    h, w = images.shape[-2:]
+    if cams.shape[1] == 0:  # no class in any image: all background
+        return torch.full((len(images), 1, h, w), settings.threshold, device=images.device)
+    s = model.stride
+    boundary = model.predict(normalize(images), settings.pad_to)
+    grid = strided_cams(cams.float(), tuple(boundary.shape[-2:]))
+    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta, settings.n_steps,
+                                  settings.border)
+    up = F.interpolate(walked, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
+    peak = up.amax((1, 2, 3), keepdim=True)
+    up = torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
+    return torch.cat([torch.full_like(up[:, :1], settings.threshold), up], 1)
+
+
 class _WalkInputs(Dataset):
     """(name, image (H, W, 3) uint8, keys (K,), cams (K, H, W)) per image, or
     the DataError that reading them raised (re-raised by the main process, so
@@ -123,11 +219,14 @@ class _WalkInputs(Dataset):
         return name, image, cams.keys, np.clip(cams.data, 0, 1)
 
 
-def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
-                settings: WalkSettings, *, batch_size: int = 8, device: str = "cpu",
+def walk_images(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
+                settings: WalkSettings | IRNWalkSettings, *, batch_size: int = 8, device: str = "cpu",
                 num_workers: int = 0) -> Iterator[Propagated]:
-    """:func:`propagate` over ``names``, batched by image size; yields each
-    image's result (argmax labels) as its batch finishes."""
+    """:func:`propagate` (PSA settings and an AffinityNet) or
+    :func:`propagate_irn` (IRN settings and a BoundaryNet) over ``names``,
+    batched by image size; yields each image's result (argmax labels) as its
+    batch finishes."""
+    walk = propagate_irn if isinstance(settings, IRNWalkSettings) else propagate
     cam_dir = Path(cam_dir)
     batches = batches_by_size(image_sizes([voc.image_path(n) for n in names]), batch_size)
     loader = DataLoader(_WalkInputs(voc, names, cam_dir), batch_sampler=batches,
@@ -142,7 +241,7 @@ def walk_images(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir:
         for i, (_, _, keys, data) in enumerate(batch):
             cams[i, :len(keys)] = torch.from_numpy(data)
         images = torch.from_numpy(np.stack([image for _, image, _, _ in batch])).permute(0, 3, 1, 2)
-        scores = propagate(model, images.to(device), cams.to(device), settings).cpu().numpy()
+        scores = walk(model, images.to(device), cams.to(device), settings).cpu().numpy()
         for (name, image, keys, _), s in zip(batch, scores):
             s = s[:len(keys) + 1]
             keys = np.concatenate([[0], keys])
@@ -168,19 +267,21 @@ def with_crf(results: Iterator[Propagated], preset: str, *, backend: str = "auto
         yield r
 
 
-def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
-                    out_dir: str | os.PathLike, settings: WalkSettings, *,
+def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
+                    out_dir: str | os.PathLike, settings: WalkSettings | IRNWalkSettings, *,
                     scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
                     crf: str | None = None, crf_workers: int | None = None,
                     crf_backend: str = "auto", batch_size: int = 8,
                     device: str = "cpu", num_workers: int = 0, progress: bool = True,
                     inputs: dict | None = None) -> dict:
-    """Writes ``out_dir/<name>.png`` label maps (and the propagated maps as
-    ``scores_dir/<name>.npz``, keys [0, classes]) for every image; images
-    whose outputs exist and are whole are skipped (resume), the rest sharded
-    (whole batches) over the torchrun ranks. ``inputs`` (e.g. {"model":
-    final.pt}) are recorded in the folder's provenance with the settings
-    and the CAM folder (:class:`wsss_fast.outputs.OutputFolder`).
+    """Writes ``out_dir/<name>.png`` label maps of the walk ``settings`` picks
+    (``model``: an AffinityNet for PSA's, a BoundaryNet for IRN's), and the
+    propagated maps as ``scores_dir/<name>.npz`` (keys [0, classes]) when
+    asked, for every image; images whose outputs exist and are whole are
+    skipped (resume), the rest sharded (whole batches) over the torchrun
+    ranks. ``inputs`` (e.g. {"model": final.pt}) are recorded in the
+    folder's provenance with the settings and the CAM folder
+    (:class:`wsss_fast.outputs.OutputFolder`).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
@@ -191,7 +292,8 @@ def run_random_walk(model: AffinityNet, voc: VOCRoot, names: Sequence[str], cam_
     def outputs(name: str) -> list[Path]:
         return [out_dir / f"{name}.png"] + ([scores_dir / f"{name}.npz"] if scores_dir is not None else [])
 
-    recorded = {**asdict(settings), "crf": crf, "encoding": encoding, "scores": scores_dir is not None}
+    recorded = {"method": "irn" if isinstance(settings, IRNWalkSettings) else "psa", **asdict(settings),
+                "crf": crf, "encoding": encoding, "scores": scores_dir is not None}
     with OutputFolder(out_dir, "rw", recorded, {"cam": cam_dir, **(inputs or {})}) as folder:
         todo = folder.pending(names, outputs)
         skipped = len(names) - len(todo)
