@@ -31,7 +31,10 @@ def extension():
     macros = [("WSSS_TORCH_VERSION", f'"{torch.__version__}"')]
     # -fopenmp makes at::parallel_for use torch's OpenMP thread pool; the
     # symbols resolve to the libgomp that libtorch already loads.
-    cxx = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # -ffp-contract=off: a * b + c rounds twice, as written, also where the
+    # target has FMA (the dense CRF's lattice must match pydensecrf's float
+    # arithmetic step by step).
+    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"]
     if not with_cuda():
         return CppExtension("wsss_fast._C", sources, define_macros=macros,
                             extra_compile_args={"cxx": cxx})

@@ -1,29 +1,42 @@
-"""Dense CRF over many VOC-sized images: wsss_fast.crf.dense_crf_batch (a
-process per core) against the reference code's one-image-at-a-time loop.
+"""Dense CRF per image at VOC size: pydensecrf (one process, and a pool of a
+process per core) against our operator (CPU with one thread and with every
+thread, CUDA with --device cuda).
 
 Inputs: N crops of scikit-learn's sample photographs resized to 500 x 375,
-with 21-class score maps from smooth random logits (softmax), PSA preset (10
-iterations). Both contenders run once on the same inputs (each takes about
-half a second per image per core); the outputs are checked to be identical.
+with K-label score maps from smooth random logits (softmax); PSA and DeepLab
+presets (10 iterations), K = 21 and 2. Every contender runs on the same N
+images, one after another per setting:
 
-Besides wall time, each record has the CPU seconds used (this process and its
-workers) and ``cores_used`` = CPU seconds / wall seconds: on a machine shared
-with other jobs, a speedup below the worker count shows up as cores_used
-below it, which tells contention from a serial bottleneck.
+* ``pydensecrf, 1 process``: wsss_fast.crf's pydensecrf backend, a loop;
+* ``pydensecrf, pool``: the same on a process pool of --workers processes
+  (its start-up included, as a pipeline stage pays it);
+* ``wsss cpu, 1 thread``: ops.dense_crf, one image per call,
+  torch.set_num_threads(1);
+* ``wsss cpu, N threads, 1 image``: one image per call, the threads working
+  inside the image;
+* ``wsss cpu, N threads, batch``: batches of N images (one image per thread,
+  what wsss_fast.crf's wsss backend does with a stream);
+* ``wsss cuda, 1 image`` / ``batch of 8`` (--device cuda): inputs already on
+  the GPU, synchronised.
 
-The CRF is CPU code (pydensecrf) in every contender. ``--device cuda`` (the
-default on a GPU host) measures it where the pipeline runs it there: the
-softmax maps come from the GPU (computed and copied back to the host, not
-timed) and the process pool uses the host's cores; the results file is then
-crf-cuda.json, its environment naming the GPU and the core count.
+Each record has the seconds per image, the CPU seconds used (this process and
+its workers), ``cores_used`` = CPU seconds / wall seconds (below the thread or
+worker count when other jobs share the cores), the load average before, and
+against pydensecrf's marginals the argmax agreement and the max abs
+difference (over the images pydensecrf ran on, --ref-n). Results:
+benchmarks/results/crf-<device>.json.
 
-    python benchmarks/bench_crf.py [--n 64] [--workers CORES] [--device cpu|cuda]
+    python benchmarks/bench_crf.py [--n 8] [--ref-n N] [--workers CORES] [--device cpu|cuda]
+
+(``--device`` defaults to cuda on a GPU host; the pydensecrf contenders always
+run on the host's cores.)
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,16 +47,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, write_results  # noqa: E402
+from wsss_fast import ops  # noqa: E402
 from wsss_fast.crf import dense_crf, dense_crf_batch  # noqa: E402
 from wsss_fast.data.demo import load_photos  # noqa: E402
 
 WIDTH, HEIGHT, CLASSES = 500, 375, 21
 
 
-def make_inputs(n: int, seed: int = 0,
-                device: str = "cpu") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """n (375, 500, 3) uint8 photo crops and n (21, 375, 500) float32 softmax maps
-    (upsampled and normalised on `device`, returned on the host)."""
+def make_inputs(n: int, seed: int = 0, classes: int = CLASSES, device: str = "cpu"
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """n (375, 500, 3) uint8 photo crops and n (classes, 375, 500) float32
+    softmax maps (upsampled and normalised on ``device``, returned on the host)."""
     rng = np.random.default_rng(seed)
     photos = load_photos()
     images, probs = [], []
@@ -54,7 +68,7 @@ def make_inputs(n: int, seed: int = 0,
         cw = min(w, int(ch * WIDTH / HEIGHT))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         images.append(np.array(Image.fromarray(photo[y:y + ch, x:x + cw]).resize((WIDTH, HEIGHT))))
-        logits = torch.from_numpy(rng.normal(0, 3, (1, CLASSES, 12, 16)).astype(np.float32))
+        logits = torch.from_numpy(rng.normal(0, 3, (1, classes, 12, 16)).astype(np.float32))
         logits = torch.nn.functional.interpolate(logits.to(device), size=(HEIGHT, WIDTH),
                                                  mode="bilinear")
         probs.append(torch.softmax(logits[0], dim=0).cpu().numpy())
@@ -77,32 +91,94 @@ def timed(fn) -> tuple[object, dict]:
                  "load_average_before": load}
 
 
+def cpu_model() -> str:
+    """lscpu's model name, family and model (a KVM guest may hide the name)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    get = lambda key: fields.get(key, "?").strip()  # noqa: E731
+    return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')})"
+
+
+def ours(images: list[np.ndarray], probs: list[np.ndarray], preset: str, device: str,
+         batch: int) -> list[np.ndarray]:
+    out = []
+    for i in range(0, len(images), batch):
+        img = torch.from_numpy(np.stack(images[i:i + batch])).permute(0, 3, 1, 2).to(device)
+        p = torch.from_numpy(np.stack(probs[i:i + batch])).to(device)
+        q = ops.dense_crf(img, p, preset)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out += list(q.cpu().numpy())
+    return out
+
+
+def with_threads(threads: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64, help="images (default 64)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: cores)")
+    parser.add_argument("--n", type=int, default=8, help="images per setting (default 8)")
+    parser.add_argument("--ref-n", type=int, default=None,
+                        help="of which pydensecrf runs on the first REF_N (default: all on cpu, "
+                             "4 on cuda); parity is measured on those")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="pool processes and threads (default: cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the score maps are made (the CRF runs on the CPU)")
+                        choices=("cpu", "cuda"),
+                        help="where ours runs and the maps are made (default: cuda if available)")
     args = parser.parse_args()
-    images, probs = make_inputs(args.n, device=args.device)
-
-    loop, loop_time = timed(lambda: [dense_crf(image, p, "psa") for image, p in zip(images, probs)])
-    batch, batch_time = timed(lambda: dense_crf_batch(images, probs, "psa", workers=args.workers,
-                                                      progress=False))
-    identical = all(np.array_equal(a, b) for a, b in zip(loop, batch))
-    records = [
-        {"method": "loop (one at a time, 1 process)", "workers": 1, "images": args.n,
-         **loop_time, "ms_per_image": 1e3 * loop_time["seconds"] / args.n},
-        {"method": "dense_crf_batch", "workers": args.workers, "images": args.n,
-         **batch_time, "ms_per_image": 1e3 * batch_time["seconds"] / args.n},
-    ]
-    print_table(records, ["method", "workers", "images", "seconds", "ms_per_image", "cpu_seconds",
-                          "cores_used", "load_average_before"])
-    speedup = loop_time["seconds"] / batch_time["seconds"]
-    print(f"speedup {speedup:.2f}x on {args.workers} workers ({os.cpu_count()} cores); "
-          f"outputs identical: {identical}")
-    path = write_results("crf", args.device, records, speedup=speedup, outputs_identical=identical,
-                         image_size=[HEIGHT, WIDTH], num_classes=CLASSES, preset="psa")
+    threads = args.workers
+    ref_n = min(args.n, args.ref_n or (args.n if args.device == "cpu" else 4))
+    records = []
+    for classes in (21, 2):
+        images, probs = make_inputs(args.n, classes=classes, device=args.device)
+        ref_images, ref_probs = images[:ref_n], probs[:ref_n]
+        for preset in ("psa", "deeplab"):
+            print(f"{preset}, {classes} labels ...", flush=True)
+            truth, t = timed(lambda: [dense_crf(im, p, preset, backend="pydensecrf")
+                                      for im, p in zip(ref_images, ref_probs)])
+            runs = [("pydensecrf, 1 process", ref_n, truth, t)]
+            if args.device == "cpu":
+                runs.append(("pydensecrf, pool", ref_n, *timed(lambda: dense_crf_batch(
+                    ref_images, ref_probs, preset, backend="pydensecrf", workers=args.workers,
+                    progress=False))))
+                runs.append(("wsss cpu, 1 thread", args.n, *with_threads(1, lambda: timed(
+                    lambda: ours(images, probs, preset, "cpu", 1)))))
+                runs.append((f"wsss cpu, {threads} threads, 1 image", args.n, *with_threads(
+                    threads, lambda: timed(lambda: ours(images, probs, preset, "cpu", 1)))))
+                runs.append((f"wsss cpu, {threads} threads, batch", args.n, *with_threads(
+                    threads, lambda: timed(lambda: ours(images, probs, preset, "cpu", threads)))))
+            else:
+                ours(images[:1], probs[:1], preset, "cuda", 1)  # warm-up
+                runs.append(("wsss cuda, 1 image", args.n, *timed(
+                    lambda: ours(images, probs, preset, "cuda", 1))))
+                runs.append(("wsss cuda, batch of 8", args.n, *timed(
+                    lambda: ours(images, probs, preset, "cuda", 8))))
+            for method, n, out, t in runs:
+                pairs = list(zip(out, truth))
+                agree = np.mean([(a.argmax(0) == b.argmax(0)).mean() for a, b in pairs])
+                diff = max(float(np.abs(a - b).max()) for a, b in pairs)
+                records.append({"preset": preset, "labels": classes, "method": method,
+                                "images": n, **t, "s_per_image": t["seconds"] / n,
+                                "argmax_agreement": agree, "max_abs_diff": diff})
+            base = records[-len(runs)]["s_per_image"]
+            for r in records[-len(runs):]:
+                r["speedup_vs_pydensecrf_1_process"] = base / r["s_per_image"]
+    print_table(records, ["preset", "labels", "method", "images", "s_per_image", "cores_used",
+                          "speedup_vs_pydensecrf_1_process", "argmax_agreement", "max_abs_diff",
+                          "load_average_before"])
+    path = write_results("crf", args.device, records, image_size=[HEIGHT, WIDTH],
+                         cpu_model=cpu_model(), load_average_after=os.getloadavg()[0],
+                         workers=args.workers)
     print(f"wrote {path}")
 
 

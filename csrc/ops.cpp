@@ -51,6 +51,14 @@ TORCH_LIBRARY(wsss_fast, m) {
   m.def("kmeans(Tensor x, Tensor groups, int num_groups, int k, int n_init, int max_iter, "
         "float tol, int seed, str init) -> (Tensor labels, Tensor centroids, Tensor inertia, "
         "Tensor n_iter)");
+
+  // Dense CRF mean field in pydensecrf's formulation (permutohedral lattice;
+  // wsss_fast/ops/dense_crf.py). image: (B, 3, H, W) uint8 RGB; probs:
+  // (B, K, H, W) float32 in [0, 1]; num_labels: (B,) int64, image b using its
+  // first num_labels[b] labels. Returns the (B, K, H, W) float32 marginals.
+  m.def("dense_crf(Tensor image, Tensor probs, Tensor? num_labels, int iterations, "
+        "float gaussian_sxy, float gaussian_compat, float bilateral_sxy, float bilateral_srgb, "
+        "float bilateral_compat) -> Tensor");
 }
 
 namespace {

@@ -14,7 +14,12 @@ On CUDA (phase 4 of scripts/gpu_check.sh) it checks:
   random_walk.*  against the CPU float64 kernel at IRN's grid, 6 images of
                  128 x 128, radius 16, images smaller than the radius and 1 x 1;
   kmeans.*       against the CPU kernel on SC-CAM-like data (run twice for
-                 determinism) and float64 with n_init = 1, k = 6000.
+                 determinism) and float64 with n_init = 1, k = 6000;
+  dense_crf.*    against the CPU kernel (argmax agreement >= 99.9%, marginals
+                 within 1e-4) on 500 x 375 photo crops and a noise image (the
+                 largest bilateral lattice), PSA and DeepLab presets, 21 and 2
+                 labels, run twice for determinism; batches split into several
+                 groups and mixed label counts equal to one image at a time.
 ``--tiny`` runs instead every kernel once on tiny inputs (what phase 5 runs
 under compute-sanitizer), still checking the results. ``--device cpu`` runs
 the same checks with the CPU kernels, CPU dtypes and smaller sizes: the dry run
@@ -467,6 +472,100 @@ def kmeans_tiny(ctx: Ctx) -> str:
             r = ops.kmeans(x.to(ctx.device), 3, groups=groups.to(ctx.device), n_init=2, init=init)
             check_nearest(x, groups, r, f"kmeans tiny {dtype} {init}")
     return "float32, float64"
+
+
+# --------------------------------------------------------------- dense CRF
+
+
+def crf_inputs(ctx: Ctx, b: int, k: int, h: int, w: int, noise: bool = False):
+    """(b, 3, h, w) uint8 photo crops (or uniform noise) and (b, k, h, w)
+    softmax maps of smooth random logits, on the CPU."""
+    from wsss_fast.data.demo import load_photos
+
+    if noise:
+        images = torch.randint(0, 256, (b, 3, h, w), generator=ctx.gen, dtype=torch.uint8)
+    else:
+        photos = [torch.from_numpy(p.copy()).permute(2, 0, 1) for p in load_photos()]
+        images = []
+        for i in range(b):
+            photo = photos[i % len(photos)]
+            top = int(torch.randint(0, photo.shape[1] - min(h, photo.shape[1]) + 1, (1,),
+                                    generator=ctx.gen))
+            crop = photo[:, top:top + h].float()[None]
+            images.append(torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear")[0]
+                          .round().clamp(0, 255).to(torch.uint8))
+        images = torch.stack(images)
+    logits = 3 * torch.randn(b, k, 12, 16, generator=ctx.gen)
+    probs = torch.softmax(torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear"), 1)
+    return images, probs.contiguous()
+
+
+def crf_truth(ctx: Ctx, images, probs, preset, num_labels=None):
+    """The CPU kernel's marginals, or on the CPU dry run the lattice reference's."""
+    from wsss_fast.ops.dense_crf import PRESETS
+
+    if not ctx.cuda:
+        p = PRESETS[preset]
+        return reference.dense_crf(images, probs, num_labels, p.iterations, p.gaussian_sxy,
+                                   p.gaussian_compat, p.bilateral_sxy, p.bilateral_srgb,
+                                   p.bilateral_compat)
+    return ops.dense_crf(images, probs, preset, num_labels)
+
+
+def crf_case(ctx: Ctx, images, probs, preset, num_labels=None, label: str = "") -> float:
+    """Marginals on the device against the CPU (twice: bitwise repeatable);
+    returns the max abs difference."""
+    truth = crf_truth(ctx, images, probs, preset, num_labels)
+    dev = [t.to(ctx.device) if t is not None else None for t in (images, probs, num_labels)]
+    out = ops.dense_crf(dev[0], dev[1], preset, dev[2])
+    assert torch.equal(out, ops.dense_crf(dev[0], dev[1], preset, dev[2])), \
+        f"dense_crf {label}: two runs differ"
+    out = out.cpu()
+    agree = (out.argmax(1) == truth.argmax(1)).double().mean().item()
+    diff = (out - truth).abs().max().item()
+    assert agree >= 0.999 and diff <= 1e-4, \
+        f"dense_crf {label}: argmax agreement {agree:.6f}, max abs difference {diff:.3g}"
+    return diff
+
+
+@check("dense_crf.voc")
+def crf_voc(ctx: Ctx) -> str:
+    h, w = (375, 500) if ctx.cuda else (18, 24)
+    worst = 0.0
+    for k in (21, 2):
+        for noise in (False, True):
+            images, probs = crf_inputs(ctx, 2, k, h, w, noise)
+            for preset in ("psa", "deeplab"):
+                worst = max(worst, crf_case(ctx, images, probs, preset,
+                                            label=f"{preset} K={k} noise={noise}"))
+    return f"2 x {h} x {w}, K = 21 and 2, photos and noise: max abs difference {worst:.2g}"
+
+
+@check("dense_crf.groups")
+def crf_groups(ctx: Ctx) -> str:
+    """4 images of 600 x 1800 (6.5M corners each): two groups of 2 on CUDA;
+    mixed label counts."""
+    h, w = (600, 1800) if ctx.cuda else (30, 90)
+    images, probs = crf_inputs(ctx, 4, 3, h, w)
+    counts = torch.tensor([3, 1, 2, 3])
+    dev_images, dev_probs = images.to(ctx.device), probs.to(ctx.device)
+    out = ops.dense_crf(dev_images, dev_probs, "psa", counts.to(ctx.device))
+    for b in range(4):
+        k = int(counts[b])
+        alone = ops.dense_crf(dev_images[b:b + 1], dev_probs[b:b + 1, :k].contiguous(), "psa")
+        assert torch.equal(out[b:b + 1, :k], alone), f"dense_crf groups: image {b} differs"
+        assert not out[b, k:].any(), f"dense_crf groups: image {b} has non-zero padding labels"
+    diff = crf_case(ctx, images[:2], probs[:2], "deeplab", counts[:2], label="groups")
+    return f"4 x {h} x {w}: max abs difference {diff:.2g}"
+
+
+@check("dense_crf.tiny", tiny=True)
+def crf_tiny(ctx: Ctx) -> str:
+    images, probs = crf_inputs(ctx, 2, 3, 13, 11)
+    crf_case(ctx, images, probs, "psa", torch.tensor([3, 2]), label="tiny")
+    images, probs = crf_inputs(ctx, 1, 40, 5, 7, noise=True)
+    crf_case(ctx, images, probs, "deeplab", label="tiny K=40")
+    return "(2, 3, 13, 11) and (1, 40, 5, 7)"
 
 
 # -------------------------------------------------------------------- main

@@ -193,7 +193,7 @@ def demo(tmp_path_factory):
     return voc, cam_dir
 
 
-def fake_crf(pairs, preset, *, workers=None, total=None, progress=True):
+def fake_crf(pairs, preset, *, total=None, progress=True, **backend):
     """The inputs normalised over the channels, in order (stands in for the CRF)."""
     for _, probs in pairs:
         yield probs / probs.sum(0, keepdims=True)

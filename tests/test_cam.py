@@ -129,10 +129,22 @@ def test_drs_max_fusion_is_the_maximum_over_sizes(model, gen):
               for s in (32, 48, 64)]
     fused = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64)))
     torch.testing.assert_close(fused, torch.stack(single).amax(dim=0))
-    # each size max-normalised on its own (+1e-5), so every peak is at most 1 and, after resizing
-    # the square maps back to 33 x 45, close to 1 (a map that is 0 at every size stays 0)
+    # each size max-normalised on its own (+1e-5), and bilinear resizing back to 33 x 45 mixes
+    # values convexly, so every peak is in [0, 1]; how close to 1 depends on where the resized
+    # grid samples (an isolated peak can lose 15%), so the exact check is on a square image below
     peaks = fused.amax(dim=(2, 3))
-    assert ((peaks <= 1) & ((peaks > 0.9) | (peaks == 0))).all() and (peaks > 0.99).any()
+    assert ((peaks >= 0) & (peaks <= 1)).all() and (peaks > 0.99).any()
+    # a 48 x 48 image is not resized back at size 48: there each map peaks at exactly
+    # m / (m + 1e-5) for its raw maximum m, and the fusion keeps at least that
+    square = normalize(torch.randint(0, 256, (3, 3, 48, 48), generator=gen, dtype=torch.uint8))
+    raw = fused_maps(model.class_maps, square, channels,
+                     resolve_settings("drs", sizes=(48,), normalize=False)).amax(dim=(2, 3))
+    at_48 = fused_maps(model.class_maps, square, channels,
+                       resolve_settings("drs", sizes=(48,))).amax(dim=(2, 3))
+    torch.testing.assert_close(at_48, raw / (raw + 1e-5))
+    peaks = fused_maps(model.class_maps, square, channels,
+                       resolve_settings("drs", sizes=(32, 48, 64))).amax(dim=(2, 3))
+    assert (peaks >= at_48).all() and (peaks <= 1).all() and (raw > 0).any()
     summed = fused_maps(model.class_maps, images, channels, resolve_settings("drs", sizes=(32, 48, 64),
                                                                              fuse="sum"))
     assert not torch.allclose(summed, fused, atol=1e-3)

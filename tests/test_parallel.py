@@ -39,7 +39,7 @@ rng = np.random.default_rng(0)
 pairs = [(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), rng.random((3, 64, 64), dtype=np.float32))
          for _ in range(4)]
 print("started", flush=True)
-for _ in imap_dense_crf(pairs, params, workers=2, progress=False):
+for _ in imap_dense_crf(pairs, params, backend="pydensecrf", workers=2, progress=False):
     pass
 """
 

@@ -13,6 +13,7 @@ import functools
 import pytest
 import torch
 
+from bad_args import changed, with_value
 from wsss_fast import BackendWarning, _backend, ops, reference
 from wsss_fast.pairs import pair_count
 
@@ -317,16 +318,7 @@ def test_random_walk_op_backward_raises():
 
 def _bad(**change):
     cam, aff = make_inputs(2, 3, 6, 7, 5, torch.float32)
-    args = dict(cam=cam, aff=aff, radius=5, beta=8.0, n_steps=4, border="all")
-    for key, value in change.items():
-        args[key] = value(args) if callable(value) else value
-    return args
-
-
-def _with(t, index, value):
-    t = t.clone()
-    t[index] = value
-    return t
+    return changed(dict(cam=cam, aff=aff, radius=5, beta=8.0, n_steps=4, border="all"), change)
 
 
 BAD_WALK = [
@@ -334,12 +326,12 @@ BAD_WALK = [
     (dict(aff=lambda a: a["aff"][:, :20]), ValueError, "aff must have shape"),
     (dict(aff=lambda a: a["aff"][:, :, :5]), ValueError, "aff must have shape"),
     (dict(aff=lambda a: a["aff"][:1]), ValueError, "aff must have shape"),
-    (dict(aff=lambda a: _with(a["aff"], (0, 3, 2, 2), -0.5)), ValueError, "aff must be >= 0"),
-    (dict(aff=lambda a: _with(a["aff"], (1, 0, 0, 0), float("nan"))), ValueError,
+    (dict(aff=lambda a: with_value(a["aff"], (0, 3, 2, 2), -0.5)), ValueError, "aff must be >= 0"),
+    (dict(aff=lambda a: with_value(a["aff"], (1, 0, 0, 0), float("nan"))), ValueError,
      "aff must be finite"),
-    (dict(cam=lambda a: _with(a["cam"], (0, 1, 2, 3), float("nan"))), ValueError,
+    (dict(cam=lambda a: with_value(a["cam"], (0, 1, 2, 3), float("nan"))), ValueError,
      "cam must be finite"),
-    (dict(cam=lambda a: _with(a["cam"], (0, 1, 2, 3), float("inf"))), ValueError,
+    (dict(cam=lambda a: with_value(a["cam"], (0, 1, 2, 3), float("inf"))), ValueError,
      "cam must be finite"),
     (dict(aff=lambda a: a["aff"].double()), TypeError, "aff must have the dtype of cam"),
     (dict(aff=lambda a: a["aff"].to("meta")), ValueError, "aff must be on the device of cam"),

@@ -144,6 +144,24 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_crf_backend_flag(p: argparse.ArgumentParser) -> None:
+    from ..crf import BACKENDS
+
+    p.add_argument("--crf-backend", choices=BACKENDS, default="auto",
+                   help="dense CRF implementation (wsss_fast.crf): 'wsss' (our operator, on the "
+                        "command's device), 'pydensecrf' (a process pool) or 'auto' (wsss where "
+                        "its compiled kernel exists, else pydensecrf when installed; default)")
+
+
+def add_crf_stage_flags(p: argparse.ArgumentParser) -> None:
+    """--crf-backend, --device and --workers of a command whose work is the CRF."""
+    add_crf_backend_flag(p)
+    p.add_argument("--device", default=None,
+                   help="device of the wsss CRF backend (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
+
+
 def default_device(device: str | None) -> str:
     import torch
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (add_backbone_flags, add_device_flags, add_precision_flag, add_sgd_flags, add_split_flags,
-               default_device, int_at_least, non_negative_float, output_dir, positive_float)
+from . import (add_backbone_flags, add_crf_backend_flag, add_crf_stage_flags, add_device_flags,
+               add_precision_flag, add_sgd_flags, add_split_flags, default_device, int_at_least,
+               non_negative_float, output_dir, positive_float)
 
 BORDER_HELP = ("pairs near the border: 'all' (every pair inside the map) or 'psa' (drop those "
                "PSA's index construction drops)")
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
         description="For each image, a dense CRF of [(1 - max CAM)^alpha, CAMs] with a low and a high "
                     "alpha (PSA); writes the marginals to OUT/la and OUT/ha (score .npz at image "
                     "resolution, keys [0, classes]). Resumes (skips images whose two files exist); "
-                    "shards over torchrun ranks; CRFs run over a process pool.")
+                    "shards over torchrun ranks; CRFs run on --crf-backend.")
     add_split_flags(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
@@ -29,8 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--high-alpha", type=positive_float, default=32.0, metavar="A",
                    help="background exponent of the confident-background CRF (default 32; paper 24)")
     p.add_argument("--crf", choices=("psa", "deeplab"), default="psa", help="CRF preset (default psa)")
-    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
-                   help="CRF processes (default: every core)")
+    add_crf_stage_flags(p)
     p.add_argument("--encoding", choices=("uint8", "float16"), default="uint8",
                    help="score-file encoding (default uint8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -94,7 +94,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--pad-to", type=int_at_least(0), metavar="PX",
                    help="pad images to at least PX x PX for the boundary network (default: its training crop)")
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
-    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    add_crf_backend_flag(p)
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="same-size images per batch (default 8)")
     add_device_flags(p)
     add_precision_flag(p)
@@ -109,6 +111,7 @@ def run_make_labels(args: argparse.Namespace) -> None:
     summary = make_affinity_labels(voc, voc.split(args.split), args.cam, args.out,
                                    alphas=(args.low_alpha, args.high_alpha), crf=args.crf,
                                    workers=args.workers, encoding=args.encoding,
+                                   crf_backend=args.crf_backend, device=args.device,
                                    progress=not args.no_progress)
     print(f"make-aff-labels: {summary['written']} written, {summary['skipped']} already done, "
           f"in {summary['seconds']:.1f} s -> {args.out}")
@@ -154,8 +157,9 @@ def run_rw(args: argparse.Namespace) -> None:
                              border=args.border, radius=args.radius, threshold=args.threshold, pad_to=pad_to)
     device = default_device(args.device)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
-                              crf=args.crf, crf_workers=args.crf_workers, batch_size=args.batch_size,
-                              device=device, num_workers=2 if args.num_workers is None else args.num_workers,
+                              crf=args.crf, crf_workers=args.crf_workers, crf_backend=args.crf_backend,
+                              batch_size=args.batch_size, device=device,
+                              num_workers=2 if args.num_workers is None else args.num_workers,
                               precision=resolve_precision(args.cpu_precision, torch.device(device).type),
                               progress=not args.no_progress, inputs={"model": args.model})
     print(f"rw: {summary['written']} images in {summary['seconds']:.1f} s "

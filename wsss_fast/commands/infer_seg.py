@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from . import add_device_flags, add_precision_flag, default_device, int_at_least, output_dir
+from . import add_crf_backend_flag, add_device_flags, add_precision_flag, default_device, int_at_least, output_dir
 
 REFERENCE_FLAGS = ("--msc", "0.5,0.75")  # what --reference stands for (deeplab-pytorch's MSC test)
 
@@ -41,7 +41,9 @@ def add_parser(subparsers) -> None:
                    help=f"deeplab-pytorch's test: {' '.join(REFERENCE_FLAGS)} at scale 1, no flip (an explicit --msc "
                         "wins)")
     p.add_argument("--crf", action="store_true", help="dense CRF with DeepLab's settings on the probabilities")
-    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N", help="CRF processes (default: every core)")
+    add_crf_backend_flag(p)
+    p.add_argument("--crf-workers", type=int_at_least(1), metavar="N",
+                   help="processes of the pydensecrf CRF backend (default: every core)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
                    help="images of one size per batch (default 8)")
     p.add_argument("--gt", type=Path, metavar="DIR",
@@ -81,10 +83,9 @@ def run(args: argparse.Namespace) -> None:
     summary = segment_split(model, voc, args.split, args.out, scales=args.scales, flip=args.flip, msc=msc,
                             crf=args.crf, batch_size=args.batch_size, device=device,
                             num_workers=2 if args.num_workers is None else args.num_workers,
-                            crf_workers=args.crf_workers,
+                            crf_workers=args.crf_workers, crf_backend=args.crf_backend,
                             precision=resolve_precision(args.cpu_precision, torch.device(device).type),
-                            progress=not args.no_progress,
-                            inputs={"model": args.model})
+                            progress=not args.no_progress, inputs={"model": args.model})
     print(f"infer-seg rank {summary['rank']}/{summary['world_size']}: {summary['images']} images in "
           f"{summary['seconds']:.1f} s ({summary['images_per_second']:.2f} img/s), "
           f"{summary['skipped']} already done, in {args.out}")

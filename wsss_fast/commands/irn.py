@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (Ordered, add_backbone_flags, add_device_flags, add_sgd_flags, add_split_flags, default_device,
+from . import (Ordered, add_backbone_flags, add_crf_stage_flags, add_device_flags, add_sgd_flags, add_split_flags, default_device,
                int_at_least, non_negative_float, output_dir, positive_float)
 
 
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
                     "[bg threshold, CAMs], each refined by a dense CRF on the hard labels (IRN's "
                     "crf_inference_label); label = the fg result, 255 where it is background, 0 where "
                     "both are. Writes OUT/<name>.png (uint8, 0 bg, 1..C, 255 unsure). Resumes (skips "
-                    "existing files); shards over torchrun ranks; CRFs run over a process pool.")
+                    "existing files); shards over torchrun ranks; CRFs run on --crf-backend.")
     add_split_flags(p)
     p.add_argument("--cam", type=Path, required=True, metavar="DIR", help="CAM files <name>.npz")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder")
@@ -26,8 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--bg-threshold", type=non_negative_float, default=0.05, metavar="T",
                    help="confident-background CAM threshold (default 0.05, IRN's conf_bg_thres)")
     p.add_argument("--crf", choices=("irn", "psa", "deeplab"), default="irn", help="CRF preset (default irn)")
-    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
-                   help="CRF processes (default: every core)")
+    add_crf_stage_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_make_labels)
 
@@ -70,7 +69,8 @@ def run_make_labels(args: argparse.Namespace) -> None:
     voc = VOCRoot(args.voc)
     summary = make_ir_labels(voc, voc.split(args.split), args.cam, args.out,
                              thresholds=(args.fg_threshold, args.bg_threshold), crf=args.crf,
-                             workers=args.workers, progress=not args.no_progress)
+                             workers=args.workers, crf_backend=args.crf_backend, device=args.device,
+                             progress=not args.no_progress)
     print(f"make-ir-labels: {summary['written']} written, {summary['skipped']} already done, "
           f"in {summary['seconds']:.1f} s -> {args.out}")
 

@@ -15,6 +15,7 @@ import torch
 
 from .. import _backend
 from ._checks import check_dtype
+from ._register import register_inference_only
 from ..pairs import BORDERS, check_radius, pair_count
 from ..reference import random_walk as reference
 
@@ -117,19 +118,9 @@ def _check(cam, aff, radius, beta, n_steps, border) -> tuple[int, str]:
     return radius, border
 
 
-def _register() -> None:
-    """Fake kernel, and an autograd formula that refuses to differentiate."""
-
-    @torch.library.register_fake("wsss_fast::random_walk")
-    def _(cam, aff, radius, beta, n_steps, border):
-        return cam.new_empty(cam.shape)
-
-    def backward(ctx, grad_out):
-        raise RuntimeError(_NOT_DIFFERENTIABLE)
-
-    torch.library.register_autograd("wsss_fast::random_walk", backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+def _fake(cam, aff, radius, beta, n_steps, border):
+    return cam.new_empty(cam.shape)
 
 
 if _backend._C is not None:
-    _register()
+    register_inference_only("random_walk", _fake, _NOT_DIFFERENTIABLE)

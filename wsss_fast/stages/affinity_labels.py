@@ -101,9 +101,11 @@ def label_paths(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
 
 def crfs_per_image(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                    inputs: Callable[[ScoreMap], Sequence[np.ndarray]], count: int, crf: str, *,
-                   workers: int | None = None, progress: bool = True
-                   ) -> Iterator[tuple[str, np.ndarray, list[np.ndarray]]]:
-    """Dense CRFs of ``count`` inputs per image, over a process pool.
+                   crf_backend: str = "auto", device: str | None = None, workers: int | None = None,
+                   progress: bool = True) -> Iterator[tuple[str, np.ndarray, list[np.ndarray]]]:
+    """Dense CRFs of ``count`` inputs per image, on ``crf_backend``
+    (:func:`wsss_fast.crf.imap_dense_crf`: ours on ``device``, or pydensecrf on
+    ``workers`` processes).
 
     For every image of ``names`` (the caller's share, whose outputs are
     missing): its CAM file is read and checked (:func:`check_cams`),
@@ -131,7 +133,8 @@ def crfs_per_image(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLik
             for p in probs:
                 yield image, p
 
-    results = imap_dense_crf(jobs(), crf, workers=workers, total=count * len(names), progress=progress)
+    results = imap_dense_crf(jobs(), crf, backend=crf_backend, device=device, workers=workers,
+                             total=count * len(names), progress=progress)
     try:
         for name in names:
             marginals = [next(results) for _ in range(count)]
@@ -155,11 +158,13 @@ def pending_share(folder: OutputFolder, names: Sequence[str], outputs: Callable[
 def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                          out_dir: str | os.PathLike, *, alphas: tuple[float, float] = ALPHAS,
                          crf: str = "psa", workers: int | None = None, encoding: str = "uint8",
+                         crf_backend: str = "auto", device: str | None = None,
                          progress: bool = True) -> dict:
     """Writes the low- and high-alpha CRF marginals of every image (see the
     module docstring). Images whose two files exist are skipped (resume); the
-    rest are sharded over the torchrun ranks; the CRFs run on ``workers``
-    processes (default: every core).
+    rest are sharded over the torchrun ranks; the CRFs run on ``crf_backend``
+    (:mod:`wsss_fast.crf`: ours on ``device``, or pydensecrf on ``workers``
+    processes, default every core).
 
     Args:
         voc: the dataset (images).
@@ -170,6 +175,8 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
         alphas: (low, high) background exponents, low < high.
         crf: CRF preset of :mod:`wsss_fast.crf` (PSA: "psa").
         encoding: score-file encoding, "uint8" or "float16".
+        crf_backend: "auto", "wsss" or "pydensecrf".
+        device: device of the wsss backend (default: CUDA if available).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s}.
@@ -184,7 +191,8 @@ def make_affinity_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.P
         start = time.perf_counter()
         for name, keys, marginals in crfs_per_image(
                 voc, todo, cam_dir, lambda cams: (crf_inputs(cams, low), crf_inputs(cams, high)), 2,
-                crf, workers=workers, progress=progress):
+                crf, crf_backend=crf_backend, device=device, workers=workers,
+                progress=progress):
             for path, q in zip(label_paths(out_dir, name), marginals):
                 save_scores(path, keys, q, encoding=encoding)
     return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}

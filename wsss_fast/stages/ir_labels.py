@@ -74,7 +74,8 @@ def combine(keys: np.ndarray, fg_marginals: np.ndarray, bg_marginals: np.ndarray
 
 def make_ir_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, *, thresholds: tuple[float, float] = THRESHOLDS,
-                   crf: str = "irn", workers: int | None = None, progress: bool = True) -> dict:
+                   crf: str = "irn", workers: int | None = None, crf_backend: str = "auto",
+                   device: str | None = None, progress: bool = True) -> dict:
     """Writes ``out_dir/<name>.png`` for every image without one (see the
     module docstring).
 
@@ -84,7 +85,9 @@ def make_ir_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLik
         cam_dir: CAM files ``<name>.npz``.
         thresholds: (fg, bg) CAM thresholds, 0 <= bg < fg (IRN: 0.30, 0.05).
         crf: CRF preset of :mod:`wsss_fast.crf` (IRN: "irn").
-        workers: CRF processes (default: every core).
+        workers: processes of the pydensecrf CRF backend (default: every core).
+        crf_backend: "auto", "wsss" or "pydensecrf" (:mod:`wsss_fast.crf`).
+        device: device of the wsss backend (default: CUDA if available).
 
     Returns:
         {"written": n, "skipped": n, "seconds": s}.
@@ -98,7 +101,7 @@ def make_ir_labels(voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLik
         todo, skipped = pending_share(folder, names, lambda name: [out_dir / f"{name}.png"])
         start = time.perf_counter()
         for name, keys, (fg_q, bg_q) in crfs_per_image(
-                voc, todo, cam_dir, lambda cams: crf_inputs(cams, (fg, bg)), 2, crf, workers=workers,
-                progress=progress):
+                voc, todo, cam_dir, lambda cams: crf_inputs(cams, (fg, bg)), 2, crf, crf_backend=crf_backend,
+                device=device, workers=workers, progress=progress):
             save_label_png(out_dir / f"{name}.png", combine(keys, fg_q, bg_q))
     return {"written": len(todo), "skipped": skipped, "seconds": time.perf_counter() - start}

@@ -256,10 +256,11 @@ def walk_images(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_dir: s
             yield Propagated(name, image, keys, s, keys[s.argmax(0)].astype(np.uint8))
 
 
-def with_crf(results: Iterator[Propagated], preset: str, *, workers: int | None = None
-             ) -> Iterator[Propagated]:
+def with_crf(results: Iterator[Propagated], preset: str, *, backend: str = "auto",
+             device: str | None = None, workers: int | None = None) -> Iterator[Propagated]:
     """``results`` with each label replaced by the argmax of a dense CRF on the
-    propagated maps normalised to sum 1 per pixel (process pool)."""
+    propagated maps normalised to sum 1 per pixel (:mod:`wsss_fast.crf`'s
+    ``backend``: ours on ``device``, or pydensecrf on ``workers`` processes)."""
     pending: deque[Propagated] = deque()
 
     def pairs():
@@ -267,7 +268,8 @@ def with_crf(results: Iterator[Propagated], preset: str, *, workers: int | None 
             pending.append(r)
             yield r.image, r.scores / np.maximum(r.scores.sum(0, keepdims=True), 1e-12)
 
-    for q in imap_dense_crf(pairs(), preset, workers=workers, progress=False):
+    for q in imap_dense_crf(pairs(), preset, backend=backend, device=device, workers=workers,
+                            progress=False):
         r = pending.popleft()
         r.label = r.keys[q.argmax(0)].astype(np.uint8)
         yield r
@@ -276,9 +278,10 @@ def with_crf(results: Iterator[Propagated], preset: str, *, workers: int | None 
 def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_dir: str | os.PathLike,
                     out_dir: str | os.PathLike, settings: WalkSettings | IRNWalkSettings, *,
                     scores_dir: str | os.PathLike | None = None, encoding: str = "float16",
-                    crf: str | None = None, crf_workers: int | None = None, batch_size: int = 8,
-                    device: str = "cpu", num_workers: int = 0, precision: str = "float32",
-                    progress: bool = True, inputs: dict | None = None) -> dict:
+                    crf: str | None = None, crf_workers: int | None = None,
+                    crf_backend: str = "auto", batch_size: int = 8, device: str = "cpu",
+                    num_workers: int = 0, precision: str = "float32", progress: bool = True,
+                    inputs: dict | None = None) -> dict:
     """Writes ``out_dir/<name>.png`` label maps of the walk ``settings`` picks
     (``model``: an AffinityNet for PSA's, a BoundaryNet for IRN's), and the
     propagated maps as ``scores_dir/<name>.npz`` (keys [0, classes]) when
@@ -312,7 +315,8 @@ def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_di
         results = walk_images(model, voc, todo, cam_dir, settings, batch_size=batch_size, device=device,
                               num_workers=num_workers, precision=precision)
         if crf is not None:
-            results = with_crf(results, crf, workers=crf_workers)
+            results = with_crf(results, crf, backend=crf_backend, device=device,
+                               workers=crf_workers)
         for r in tqdm(results, total=len(todo), desc="random walk", unit="img", disable=not progress):
             if scores_dir is not None:
                 save_scores(scores_dir / f"{r.name}.npz", r.keys, r.scores, encoding=encoding)

@@ -66,7 +66,8 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                   scales: Sequence[float] = (1.0,), flip: bool = False, msc: Sequence[float] = (),
                   crf: bool = False,
                   batch_size: int = 8, device: str | torch.device = "cpu", num_workers: int = 2,
-                  crf_workers: int | None = None, precision: str = "float32", progress: bool = True,
+                  crf_workers: int | None = None, crf_backend: str = "auto",
+                  precision: str = "float32", progress: bool = True,
                   inputs: dict | None = None) -> dict:
     """Writes ``<out_dir>/<name>.png`` (uint8 class indices, VOC palette, at
     image resolution) for every image of ``split`` that lacks one and falls
@@ -78,8 +79,9 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
         msc: deeplab-pytorch's test-time MSC factors (0.5, 0.75): each pass
             takes the element-wise maximum of its logits and those of its
             scaled copies; empty: none.
-        crf: refine the probabilities with the dense CRF, "deeplab" preset
-            (on ``crf_workers`` processes, default every core).
+        crf: refine the probabilities with the dense CRF, "deeplab" preset, on
+            :mod:`wsss_fast.crf`'s ``crf_backend`` (ours on ``device``, or
+            pydensecrf on ``crf_workers`` processes, default every core).
         batch_size: images of one size per forward batch.
         device: torch device; "cuda" under torchrun means the rank's
             LOCAL_RANK GPU.
@@ -123,7 +125,8 @@ def segment_split(model: DeepLab, voc: VOCRoot, split: str, out_dir: str | os.Pa
                     names.append(name)
                     yield image.permute(1, 2, 0).contiguous().numpy(), probs.cpu().numpy()
 
-            for marginals in imap_dense_crf(pairs(), "deeplab", workers=crf_workers, total=len(mine),
+            for marginals in imap_dense_crf(pairs(), "deeplab", backend=crf_backend, device=device,
+                                            workers=crf_workers, total=len(mine),
                                             progress=progress):
                 save(names.popleft(), marginals.argmax(0))
         else:
