@@ -292,7 +292,8 @@ def test_train_and_infer_seg_reference_path(demo, tmp_path, capsys):
     assert start["config"]["poly_every"] == 10 and start["config"]["max_steps"] == 5
     assert start["config"]["extra"]["recipe"]["msc"] == [0.5, 0.75]
     assert cli.main(["infer-seg", "--model", str(out), "--voc", str(demo), "--out", str(tmp_path / "pred"),
-                     "--reference", "--no-eval", "--num-workers", "0", "--device", "cpu", "--no-progress"]) == 0
+                     "--reference", "--no-eval", "--num-workers", "0", "--device", "cpu", "--cpu-precision", "float32",
+                     "--no-progress"]) == 0  # float32: compared exactly with the model's float32 forward below
     from wsss_fast.models.checkpoints import load_deeplab
     from wsss_fast.storage import load_label_png
 
