@@ -29,11 +29,13 @@ benchmarks/results/crf-<device>.json.
     python benchmarks/bench_crf.py [--n 8] [--ref-n N] [--workers CORES] [--device cpu|cuda]
 
 (``--device`` defaults to cuda on a GPU host; the pydensecrf contenders always
-run on the host's cores.)
+run on the host's cores.) A CPU run rewrites the README's table (section
+crf-cpu; ``benchmarks/readme_tables.py`` redoes it from the results file).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -46,7 +48,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import print_table, write_results  # noqa: E402
+from benchmarks.common import print_table, update_readme, write_results  # noqa: E402
 from wsss_fast import ops  # noqa: E402
 from wsss_fast.crf import dense_crf, dense_crf_batch  # noqa: E402
 from wsss_fast.data.demo import load_photos  # noqa: E402
@@ -124,6 +126,30 @@ def with_threads(threads: int, fn):
         torch.set_num_threads(before)
 
 
+def readme_table(payload: dict) -> str:
+    """The README's table of a CPU results file of this benchmark (markdown):
+    seconds per image of each contender, and its speedup over pydensecrf in
+    one process."""
+    env, records = payload["environment"], payload["records"]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    loads = [r["load_average_before"] for r in records]
+    lines = [f"{payload['cpu_model']}, {env['threads']} threads, {records[0]['images']} images of "
+             f"{payload['image_size'][1]} x {payload['image_size'][0]} per setting, commit {env['commit']}, "
+             f"{env['date']}; load average {min(loads):.2f}-{max(loads):.2f} before each contender, "
+             f"{payload['load_average_after']:.2f} after; cores used by the threaded contenders "
+             f"{min(r['cores_used'] for r in records if 'threads' in r['method'] or 'pool' in r['method']):.2f}-"
+             f"{max(r['cores_used'] for r in records):.2f}.", "",
+             "| preset, labels | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for setting in dict.fromkeys((r["preset"], r["labels"]) for r in records):
+        row = {r["method"]: r for r in records if (r["preset"], r["labels"]) == setting}
+        cells = [f"{row[m]['s_per_image']:.3g} s ({row[m]['speedup_vs_pydensecrf_1_process']:.2f}x)" for m in methods]
+        lines.append(f"| {setting[0]}, {setting[1]} | " + " | ".join(cells) + " |")
+    ours = [r for r in records if r["method"].startswith("wsss")]
+    lines += ["", f"Against pydensecrf, ours: argmax equal on at least {100 * min(r['argmax_agreement'] for r in ours):.3f}% "
+              f"of the pixels, marginals within {max(r['max_abs_diff'] for r in ours):.2g}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="images per setting (default 8)")
@@ -180,6 +206,8 @@ def main() -> None:
                          cpu_model=cpu_model(), load_average_after=os.getloadavg()[0],
                          workers=args.workers)
     print(f"wrote {path}")
+    if args.device == "cpu":
+        update_readme("crf-cpu", readme_table(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":
