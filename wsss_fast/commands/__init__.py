@@ -156,8 +156,7 @@ def add_crf_backend_flag(p: argparse.ArgumentParser) -> None:
 def add_crf_stage_flags(p: argparse.ArgumentParser) -> None:
     """--crf-backend, --device and --workers of a command whose work is the CRF."""
     add_crf_backend_flag(p)
-    p.add_argument("--device", default=None,
-                   help="device of the wsss CRF backend (default: cuda if available, else cpu)")
+    add_device_flag(p, note="; where the wsss CRF backend runs")
     p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
                    help="processes of the pydensecrf CRF backend (default: every core)")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (Ordered, add_backbone_flags, add_crf_stage_flags, add_device_flags, add_sgd_flags, add_split_flags, default_device,
-               int_at_least, non_negative_float, output_dir, positive_float)
+from . import (Ordered, add_backbone_flags, add_crf_stage_flags, add_device_flags, add_sgd_flags, add_split_flags,
+               default_device, int_at_least, non_negative_float, output_dir, positive_float)
 
 
 def add_parser(subparsers) -> None:
