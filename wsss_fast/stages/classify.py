@@ -10,6 +10,9 @@ Outputs of a run in ``out_dir``:
     final.pt                 the trained classifier (wsss_fast.training
                              payload; metadata says how to rebuild it)
     checkpoint.pt, log.jsonl per-epoch checkpoint and the JSON-lines log
+    learning.json            whether it learned (wsss_fast.learning: the last
+                             epoch's loss against the class-prior loss; a
+                             NotLearnedWarning when it did not)
 SC-CAM with rounds writes one such folder per round (``round0`` ...
 ``round<R>``), each round r >= 1 with ``subcategories.npz`` (image names,
 (N, C*K) sub-labels, (C, K) cluster sizes, (C,) inertia) and
@@ -34,10 +37,13 @@ from .. import distributed
 from ..data.dataset import ImagesWith, VOCSegmentation, collate_skip_none
 from ..errors import UsageError
 from ..inference import batches_by_size, image_sizes
+from ..learning import check_learning
 from ..models import Classifier, build_backbone
 from ..storage import atomic_output, write_text_atomic
 from ..training import FINAL, EpochDataset, Trainer, TrainConfig, load_final
 from ..transforms import TrainAugment, normalize
+
+LEARNING_FILE = "learning.json"
 
 METHODS = ("cam", "drs", "sccam")
 # the reference settings each method offers (the first is its default)
@@ -212,7 +218,11 @@ def train_round(method: str, p: MethodPreset, dataset: VOCSegmentation, out_dir:
     trainer = Trainer(model, model.param_groups(), p.train, out_dir, classification_loss(p.sub_weight),
                       metadata=_metadata(method, p, dataset.class_names, subcategories), device=device,
                       progress=progress, desc=desc)
-    return trainer.fit(EpochDataset(train_set, augment, p.train.seed), collate_skip_none, resume=resume)
+    final = trainer.fit(EpochDataset(train_set, augment, p.train.seed), collate_skip_none, resume=resume)
+    if distributed.is_main():
+        labels = np.stack([dataset.labels[name] for name in dataset.names])
+        check_learning(out_dir / "log.jsonl", labels, what=desc, out=out_dir / LEARNING_FILE)
+    return final
 
 
 @torch.no_grad()
