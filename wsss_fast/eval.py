@@ -358,3 +358,34 @@ def format_table(scores: dict, class_names: Sequence[str]) -> str:
                  f"{pct(scores['mean_recall'])} {pct(scores['mean_fscore'])}")
     lines.append(f"pixel accuracy {pct(scores['pixel_accuracy'])}%  images {scores['num_images']}")
     return "\n".join(lines)
+
+
+def cluster_purity(clusters: Sequence[int], truth: Sequence[str]) -> dict:
+    """How well clusters match hidden categories (SC-CAM's sub-categories).
+
+    Args:
+        clusters: the cluster index of each of n items.
+        truth: the hidden category of each item (same length).
+
+    Returns ``{"n", "purity", "majority", "nmi"}``: purity = the fraction of
+    items whose cluster's most frequent category is their own; majority =
+    the purity of one cluster holding everything (the most frequent
+    category's share), the floor any clustering reaches; nmi = normalised
+    mutual information (arithmetic mean normalisation, scikit-learn's), 0
+    for independent assignments and 1 for identical partitions. Purity
+    rises with the number of clusters by itself, NMI does not.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    clusters, truth = np.asarray(clusters), np.asarray(truth)
+    if clusters.shape != truth.shape or clusters.ndim != 1 or clusters.size == 0:
+        raise ValueError(f"cluster_purity: clusters and truth must be non-empty and of one length, got "
+                         f"{clusters.shape} and {truth.shape}")
+    _, truth_codes = np.unique(truth, return_inverse=True)
+    _, cluster_codes = np.unique(clusters, return_inverse=True)
+    table = np.zeros((cluster_codes.max() + 1, truth_codes.max() + 1), dtype=np.int64)
+    np.add.at(table, (cluster_codes, truth_codes), 1)
+    n = int(clusters.size)
+    return {"n": n, "purity": float(table.max(axis=1).sum() / n),
+            "majority": float(table.sum(axis=0).max() / n),
+            "nmi": float(normalized_mutual_info_score(truth_codes, cluster_codes))}

@@ -61,6 +61,17 @@ def add_parser(subparsers) -> None:
                         "DRS code)")
     p.set_defaults(func=run_eval_cam)
 
+    p = subparsers.add_parser(
+        "eval-subcategories", help="purity of SC-CAM's sub-category clusters per round (demo data)",
+        description="Scores the clusters each SC-CAM round of a train-cls run trained on against the "
+                    "hidden sub-types the demo data records (subcategories.json): per class with "
+                    "sub-types, purity, its floor (the largest sub-type's share) and NMI, over the "
+                    "images whose items of the class share one sub-type.")
+    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="train-cls --method sccam run folder")
+    p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="the dataset it trained on")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    p.set_defaults(func=run_eval_subcategories)
+
 
 def _finite_or_none(value):
     """NaN -> None, recursively, so that the JSON is standard."""
@@ -169,3 +180,15 @@ def _eval_cam_saliency(args: argparse.Namespace) -> None:
         if not args.no_plots:
             plot_class_iou(class_names, scores["iou"], args.json.with_name(args.json.stem + "_iou.png"),
                            title=f"saliency background: mIoU {100 * scores['miou']:.2f}%")
+
+
+def run_eval_subcategories(args: argparse.Namespace) -> None:
+    from ..stages.subcategory_purity import purity_per_round
+
+    result = purity_per_round(args.run, args.voc)
+    for r, scores in result["rounds"].items():
+        cells = ", ".join(f"{cls} purity {100 * s['purity']:.1f}% (floor {100 * s['majority']:.1f}%, "
+                          f"NMI {s['nmi']:.3f}, n {s['n']}, k {s['k']})" for cls, s in scores.items())
+        print(f"round {r} clusters (features of round {r - 1}): {cells or 'no class with sub-types'}")
+    if args.json:
+        _write_json(args.json, result)
