@@ -11,7 +11,7 @@ from wsss_fast.data import make_demo_data
 from wsss_fast.data.demo import CLASS_NAMES
 from wsss_fast.models import Classifier, build_backbone
 
-NUM_CLASSES = len(CLASS_NAMES) - 1  # demo: 10 object classes
+NUM_CLASSES = len(CLASS_NAMES) - 1  # demo: 5 object classes
 
 
 @pytest.fixture(scope="module")

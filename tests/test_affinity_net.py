@@ -305,7 +305,7 @@ def test_train_affinity_lowers_the_loss_and_resumes_exactly(demo, labels, tmp_pa
     meta = torch.load(straight)["metadata"]
     assert meta["kind"] == "affinity" and meta["backbone"] == "scratch"
     assert meta["backbone_options"] == {"width": 4} and meta["radius"] == 5 and meta["stride"] == 8
-    assert meta["num_classes"] == 10 and meta["class_names"] == list(voc.class_names)
+    assert meta["num_classes"] == 5 and meta["class_names"] == list(voc.class_names)
     net = load_affinity_net(tmp_path / "a")
     assert not net.training and net.head_norm == "gn"
 

@@ -89,7 +89,7 @@ def test_two_epochs_lower_the_loss(voc, tmp_path):
     assert len(epochs) == 6
     assert np.mean([e["loss"] for e in epochs[-2:]]) < np.mean([e["loss"] for e in epochs[:2]])
     model = load_classifier(out)
-    assert isinstance(model, Classifier) and model.num_classes == 10 and model.sub_head is None
+    assert isinstance(model, Classifier) and model.num_classes == 5 and model.sub_head is None
     meta = load_final(out / "final.pt")["metadata"]
     assert meta["kind"] == "classifier" and meta["backbone_options"] == {"width": 4}
 

@@ -16,7 +16,7 @@ from wsss_fast import cli
 from wsss_fast.data import VOCRoot
 from wsss_fast.storage import load_label_png, save_label_png, save_scores
 
-NUM_CLASSES = 11  # demo: background + 10
+NUM_CLASSES = 6  # demo: background + 5
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """VOC reader on a small VOC tree built here, the torch Dataset, and the demo
 dataset generator (determinism, mask/label consistency, resume)."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from wsss_fast.data import (CorruptImageError, CorruptImageWarning, VOCRoot, VOCSegmentation,
                             bundled_split, collate_skip_none, labels_from_mask, load_cls_labels, make_demo_data)
-from wsss_fast.data.demo import ASSET_PATH, CLASS_NAMES, LICENSE_PATH, load_items
+from wsss_fast.data.demo import (ASSET_PATH, CLASS_NAMES, LICENSE_PATH, SUBCATEGORY_FILE, SUBTYPES, SceneConfig,
+                                  load_items, make_scene)
 from wsss_fast.errors import DataError
 from wsss_fast.palette import VOC_CLASSES
 from wsss_fast.storage import load_label_png, save_label_png
@@ -199,7 +201,7 @@ def test_demo_is_deterministic_and_resumes(demo_root, tmp_path):
 
 def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
     voc = VOCRoot(demo_root)
-    assert voc.class_names == CLASS_NAMES and voc.num_classes == 10
+    assert voc.class_names == CLASS_NAMES and voc.num_classes == len(SUBTYPES) == 5
     assert voc.split("train") == [f"train_{i:06d}" for i in range(12)]
     assert len(voc.split("val")) == 6
     cached = load_cls_labels(demo_root / "cls_labels.npz")
@@ -207,8 +209,8 @@ def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
     for name in voc.split("train") + voc.split("val"):
         mask = load_label_png(demo_root / "SegmentationClass" / f"{name}.png")
         assert mask.shape == (64, 64) and voc.load_image(name).shape == (64, 64, 3)
-        assert set(np.unique(mask).tolist()) <= set(range(11)) | {255}
-        assert np.array_equal(cached[name], labels_from_mask(mask, 10))
+        assert set(np.unique(mask).tolist()) <= set(range(6)) | {255}
+        assert np.array_equal(cached[name], labels_from_mask(mask, 5))
         assert 1 <= cached[name].sum() <= 3
         # the void band separates every object from the background
         obj = (mask != 0) & (mask != 255)
@@ -221,7 +223,37 @@ def test_demo_masks_and_labels_agree_in_the_voc_layout(demo_root):
 
 def test_demo_dataset_serves_items(demo_root):
     item = VOCSegmentation(demo_root, "val", masks=True)[0]
-    assert item["image"].shape == (3, 64, 64) and item["label"].shape == (10,)
+    assert item["image"].shape == (3, 64, 64) and item["label"].shape == (5,)
+
+
+def test_demo_records_the_hidden_subtypes(demo_root):
+    payload = json.loads((demo_root / SUBCATEGORY_FILE).read_text())
+    assert payload["subtypes"] == {c: list(t) for c, t in SUBTYPES.items()}
+    assert sorted(payload["images"]) == sorted(VOCRoot(demo_root).split("train") + VOCRoot(demo_root).split("val"))
+    cached = load_cls_labels(demo_root / "cls_labels.npz")
+    for name, items in payload["images"].items():
+        assert 1 <= sum(len(kinds) for kinds in items.values()) <= 3  # one entry per pasted item
+        for cls, kinds in items.items():
+            assert set(kinds) <= set(SUBTYPES[cls])
+        # every class of the label has an item (an item may be hidden under later ones, never invented)
+        assert {CLASS_NAMES[c + 1] for c in np.flatnonzero(cached[name])} <= set(items)
+
+
+def test_demo_subtypes_are_drawn_evenly():
+    """Classes uniformly, then a class's items uniformly: each sub-type of
+    footwear about a third of its items."""
+    images, labels = load_items("train")
+    rng = np.random.default_rng(0)
+    photos = [np.full((64, 64, 3), 128, np.uint8)]
+    counts: dict[str, int] = {}
+    for _ in range(300):
+        for cls, kind in make_scene(rng, images, labels, photos, SceneConfig(size=64)).subtypes:
+            counts[kind] = counts.get(kind, 0) + 1
+    per_class = {c: sum(counts.get(k, 0) for k in kinds) for c, kinds in SUBTYPES.items()}
+    total = sum(per_class.values())
+    assert all(0.15 < n / total < 0.25 for n in per_class.values())
+    footwear = [counts[k] / per_class["footwear"] for k in SUBTYPES["footwear"]]
+    assert all(0.2 < share < 0.47 for share in footwear)
 
 
 def test_16_bit_images_are_scaled_not_read_as_white(voc_tree):

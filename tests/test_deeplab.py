@@ -27,7 +27,7 @@ from wsss_fast.storage import load_label_png, save_label_png
 from wsss_fast.training import FINAL, LOG, Trainer
 from wsss_fast.transforms import TrainAugment, normalize
 
-NUM_CLASSES = 11  # demo: background + 10
+NUM_CLASSES = 6  # demo: background + 5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

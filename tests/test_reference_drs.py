@@ -133,7 +133,7 @@ def test_refinement_new_layers_drawn_from_n_0_001(tmp_path):
     backbone = build_backbone("vgg16_d1", None, drs="learnable")
     cls = tmp_path / "cls.pt"
     meta = {"kind": "classifier", "backbone": "vgg16_d1", "backbone_options": {"drs": "learnable"},
-            "num_classes": 10, "class_names": list(CLASS_NAMES)}
+            "num_classes": len(CLASS_NAMES) - 1, "class_names": list(CLASS_NAMES)}
     torch.save({"model": {}, "metadata": meta, "config": {}}, cls)
     plain = build_backbone("vgg16_d1", None)
     torch.save({k: v for k, v in plain.state_dict().items() if not k.startswith("extra.")}, tmp_path / "vgg.pth")
