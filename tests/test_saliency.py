@@ -248,6 +248,8 @@ def test_eval_saliency_command(voc, tmp_path, capsys):
     assert line.count("\n") == 0 and "max F 100.00%" in line and "MAE 0.0000" in line and "3 images" in line
     result = json.loads(out.read_text())
     assert result["max_f"] == 1.0 and result["mae"] == 0.0 and result["beta2"] == 0.3
+    assert result["f_at_saliency_threshold"] == {"threshold": 50, "f": 1.0, "precision": 1.0, "recall": 1.0}
+    assert "F at > 50 (DRS's rule) 100.00%" in line
     assert len(result["curve"]["f"]) == 256 and result["split"] == "train"
 
     sal = tmp_path / "sal"

@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output folder of <name>.png")
     p.add_argument("--method", choices=tuple(METHODS), default=DEFAULT_METHOD,
                    help=f"OpenCV's StaticSaliencyFineGrained or StaticSaliencySpectralResidual (default "
-                        f"{DEFAULT_METHOD}, the better of the two on the demo data's train split, see README)")
+                        f"{DEFAULT_METHOD}: the better F-measure at DRS's threshold on the demo data's train "
+                        "split, see README)")
     p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
                    help="threads (default: the cores this process may use)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,8 +51,9 @@ def add_parser(subparsers) -> None:
                     "thresholds 0..255 (salient where > t), F-measure at each image's adaptive threshold "
                     "(>= 2 x its mean saliency, Achanta et al.), both with beta^2 = 0.3 (salient-object "
                     "detection's convention), and MAE of the maps scaled to [0, 1]; precision, recall and "
-                    "MAE pooled over all non-void pixels of the split. Prints one line; --out writes JSON "
-                    "(with the precision-recall curve).")
+                    "MAE pooled over all non-void pixels of the split; also the F-measure at > 50, the "
+                    "threshold of DRS's rule (make-labels, eval-cam --saliency). Prints one line; --out "
+                    "writes JSON (with the precision-recall curve).")
     add_split_flags(p)
     p.add_argument("--saliency", type=Path, required=True, metavar="DIR",
                    help="saliency maps <name>.png, grey 0-255 (make-saliency, or e.g. PoolNet's)")
@@ -88,6 +90,7 @@ def run_make(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from ..errors import DataError
+    from ..stages.labels import SALIENCY_THRESHOLD
     from ..stages.saliency import evaluate_saliency_dir
     from ..storage import write_text_atomic
     from .evaluate import _finite_or_none
@@ -101,10 +104,13 @@ def run_eval(args: argparse.Namespace) -> None:
         return "-" if v is None or v != v else f"{100 * v:.2f}%"
 
     best = scores["max_f_threshold"]
+    curve, t = scores["curve"], int(SALIENCY_THRESHOLD)
+    at_rule = {"threshold": t, "f": curve["f"][t], "precision": curve["precision"][t], "recall": curve["recall"][t]}
     print(f"eval-saliency: max F {pct(scores['max_f'])} (beta^2 {scores['beta2']:g}"
-          + (f", salient > {best}" if best is not None else "") + f"), adaptive F {pct(scores['adaptive_f'])}, "
-          f"MAE {scores['mae']:.4f} over {scores['num_images']} images ({args.split}; pixels pooled)"
-          + (f" -> {args.out}" if args.out else ""))
+          + (f", salient > {best}" if best is not None else "") + f"), F at > {t} (DRS's rule) "
+          f"{pct(at_rule['f'])}, adaptive F {pct(scores['adaptive_f'])}, MAE {scores['mae']:.4f} over "
+          f"{scores['num_images']} images ({args.split}; pixels pooled)" + (f" -> {args.out}" if args.out else ""))
     if args.out:
-        payload = {**scores, "saliency": str(args.saliency), "voc": str(voc.root), "split": str(args.split)}
+        payload = {**scores, "f_at_saliency_threshold": at_rule, "saliency": str(args.saliency),
+                   "voc": str(voc.root), "split": str(args.split)}
         write_text_atomic(args.out, json.dumps(_finite_or_none(payload), indent=1) + "\n")
