@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "wsss_fast.commands.make_cam",
     "wsss_fast.commands.train_refine",
     "wsss_fast.commands.make_labels",
+    "wsss_fast.commands.saliency",
     "wsss_fast.commands.train_seg",
     "wsss_fast.commands.infer_seg",
     "wsss_fast.commands.run",

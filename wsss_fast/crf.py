@@ -39,7 +39,7 @@ from tqdm import tqdm
 from . import _backend
 from .cpu import available_cores
 from .distributed import local_device
-from .errors import WsssFastError
+from .errors import MissingDependencyError
 from .ops.dense_crf import PRESETS, CRFParams, resolve_params
 from .parallel import ordered_map, worker_pool
 
@@ -49,10 +49,6 @@ __all__ = ["BACKENDS", "PRESETS", "CRFParams", "MissingDependencyError", "crf_de
 
 PROB_FLOOR = 1e-5
 BACKENDS = ("auto", "wsss", "pydensecrf")
-
-
-class MissingDependencyError(WsssFastError):
-    """An optional compiled dependency is not installed."""
 
 
 def _densecrf():

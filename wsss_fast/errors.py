@@ -15,3 +15,8 @@ class DataError(WsssFastError):
 
 class UsageError(WsssFastError):
     """Arguments that are each valid but cannot work together."""
+
+
+class MissingDependencyError(WsssFastError):
+    """An optional dependency (pydensecrf, OpenCV's contrib modules) is not
+    installed; the message says what to install."""

@@ -15,6 +15,10 @@ reference code (see SPEC.md, "PASCAL VOC 2012 conventions").
 - CAMs: label = argmax over [threshold, CAM_1..CAM_K] (background wins ties,
   as with ``np.argmax`` of the padded array in IRN; compared in float32). A
   sweep over background thresholds is computed in one pass over the data.
+- Saliency maps (:class:`SaliencyMetrics`): class-agnostic, against the
+  foreground of the masks (any object class; 255 ignored); max F-measure
+  over 256 thresholds and adaptive-threshold F-measure (beta^2 = 0.3),
+  MAE, all pooled over the pixels of the split.
 """
 from __future__ import annotations
 
@@ -389,3 +393,138 @@ def cluster_purity(clusters: Sequence[int], truth: Sequence[str]) -> dict:
     return {"n": n, "purity": float(table.max(axis=1).sum() / n),
             "majority": float(table.sum(axis=0).max() / n),
             "nmi": float(normalized_mutual_info_score(truth_codes, cluster_codes))}
+
+
+SALIENCY_BETA2 = 0.3  # salient-object detection's F-measure weight (precision counts more)
+SALIENCY_LEVELS = 256
+
+
+def f_measure(precision, recall, beta2: float = SALIENCY_BETA2):
+    """(1 + beta2) P R / (beta2 P + R), elementwise on arrays (or floats);
+    0 where P and R are both 0, NaN where either is NaN."""
+    precision, recall = np.asarray(precision, np.float64), np.asarray(recall, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (1 + beta2) * precision * recall / (beta2 * precision + recall)
+    return np.where((precision == 0) & (recall == 0), 0.0, f)
+
+
+def saliency_histogram(saliency, gt) -> np.ndarray:
+    """(2, 256) int64 pixel counts of one image by (ground truth, saliency
+    value): row 0 background pixels (gt 0), row 1 foreground pixels (any gt
+    other than 0 and 255); gt 255 is left out.
+
+    Args:
+        saliency: (H, W) integer saliency map, values 0..255 (8-bit PNG grey levels).
+        gt: (H, W) integer class indices, 0 background, 255 void.
+
+    Raises ValueError on different shapes or a saliency value outside 0..255.
+    """
+    saliency, gt = np.asarray(saliency), np.asarray(gt)
+    if saliency.shape != gt.shape or saliency.ndim != 2:
+        raise ValueError(f"saliency map shape {saliency.shape} != ground truth shape {gt.shape}")
+    if not np.issubdtype(saliency.dtype, np.integer):
+        raise ValueError(f"saliency map must hold integers 0..255, got {saliency.dtype}")
+    if saliency.size and (saliency.min() < 0 or saliency.max() > 255):
+        raise ValueError(f"saliency value {int(saliency.min() if saliency.min() < 0 else saliency.max())} "
+                         "is outside 0..255")
+    valid = gt != VOID
+    index = saliency[valid].astype(np.int64) + SALIENCY_LEVELS * (gt[valid] != 0)
+    return np.bincount(index, minlength=2 * SALIENCY_LEVELS).reshape(2, SALIENCY_LEVELS)
+
+
+class SaliencyMetrics:
+    """Streaming quality of saliency maps against the foreground of
+    ground-truth masks (salient-object detection's measures), from
+    per-image histograms (:func:`saliency_histogram`): O(pixels) per image,
+    O(256) to score.
+
+    Units: saliency in grey levels 0..255 (scaled to [0, 1] for MAE); every
+    score a fraction in [0, 1]. Averaging: everything is pooled over the
+    non-void pixels of all images (each image weighs by its pixel count), not
+    averaged per image as many salient-object benchmarks do; with images of
+    one size and no void pixels the MAE is the same either way.
+
+    - Curve: at threshold t = 0..255 a pixel is salient where its value is
+      > t (the rule DRS's labels apply, so a threshold carries over to
+      ``--saliency-threshold``; t = 255 marks nothing salient: precision 0).
+      Precision(t) = TP / (TP + FP) (0 when nothing is salient), recall(t) =
+      TP / foreground pixels, with TP, FP summed over all images at that t.
+    - ``max_f``: the largest F-measure (:func:`f_measure`, beta^2 = 0.3) of
+      the curve, and the threshold that reaches it (chosen on this ground
+      truth: a diagnostic, not a setting to tune on it).
+    - ``adaptive_f``: each image binarised at its own threshold, value >=
+      min(2 x its mean saliency, 255) (Achanta et al., CVPR 2009; the mean
+      over all of the image's pixels, void included, since it belongs to
+      the map), TP and FP summed over the images, one F-measure.
+    - ``mae``: mean |saliency / 255 - foreground| over the pixels.
+
+    Scores are NaN when the images hold no foreground pixel (recall
+    undefined) or no pixel at all.
+    """
+
+    def __init__(self, beta2: float = SALIENCY_BETA2):
+        if not beta2 > 0:
+            raise ValueError(f"beta2 must be > 0, got {beta2}")
+        self.beta2 = beta2
+        self.histogram = np.zeros((2, SALIENCY_LEVELS), np.int64)
+        self.adaptive = np.zeros(2, np.int64)  # (TP, FP) at each image's adaptive threshold
+        self.num_images = 0
+
+    def update(self, saliency, gt) -> None:
+        """Adds one image: ``saliency`` (H, W) values 0..255, ``gt`` (H, W)
+        class indices (0 background, 255 void)."""
+        hist = saliency_histogram(saliency, gt)
+        saliency = np.asarray(saliency)
+        threshold = min(2.0 * float(saliency.mean()), 255.0) if saliency.size else 255.0
+        first = int(math.ceil(threshold))  # integer values >= threshold
+        self.adaptive += hist[::-1, first:].sum(axis=1)  # rows flipped: (foreground, background)
+        self.histogram += hist
+        self.num_images += 1
+
+    def scores(self) -> dict:
+        """``max_f``, ``max_f_threshold`` (salient where > it), ``precision``
+        and ``recall`` there; ``adaptive_f``, ``adaptive_precision``,
+        ``adaptive_recall``; ``mae``; ``curve`` (``threshold``,
+        ``precision``, ``recall``, ``f``: lists of 256); ``beta2``,
+        ``pixels``, ``foreground_pixels``, ``num_images``, ``averaging``."""
+        background, foreground = self.histogram
+        # pixels with value > t, for t = 0..255: suffix sums from t + 1
+        tp = np.concatenate([np.cumsum(foreground[::-1])[::-1][1:], [0]])
+        fp = np.concatenate([np.cumsum(background[::-1])[::-1][1:], [0]])
+        fg_total, pixels = int(foreground.sum()), int(self.histogram.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+            recall = tp / fg_total if fg_total else np.full(SALIENCY_LEVELS, math.nan)
+        f = f_measure(precision, recall, self.beta2)
+        best = int(np.argmax(f)) if fg_total else None
+        a_tp, a_fp = (int(v) for v in self.adaptive)
+        a_precision = a_tp / (a_tp + a_fp) if a_tp + a_fp else 0.0
+        a_recall = a_tp / fg_total if fg_total else math.nan
+        levels = np.arange(SALIENCY_LEVELS) / (SALIENCY_LEVELS - 1)
+        error = (background * levels).sum() + (foreground * (1 - levels)).sum()
+        return {
+            "max_f": float(f[best]) if best is not None else math.nan,
+            "max_f_threshold": best,
+            "precision": float(precision[best]) if best is not None else math.nan,
+            "recall": float(recall[best]) if best is not None else math.nan,
+            "adaptive_f": float(f_measure(a_precision, a_recall, self.beta2)),
+            "adaptive_precision": a_precision, "adaptive_recall": a_recall,
+            "mae": float(error / pixels) if pixels else math.nan,
+            "beta2": self.beta2,
+            "curve": {"threshold": list(range(SALIENCY_LEVELS)), "precision": precision.tolist(),
+                      "recall": recall.tolist(), "f": f.tolist()},
+            "pixels": pixels, "foreground_pixels": fg_total, "num_images": self.num_images,
+            "averaging": "pooled over the non-void pixels of all images",
+        }
+
+
+def evaluate_saliency(names: Sequence[str], load: Callable[[str], tuple], *, beta2: float = SALIENCY_BETA2,
+                      progress: bool = True, desc: str = "eval-saliency") -> dict:
+    """Scores the (saliency map, ground truth) pairs ``load(name)`` gives
+    for every name (:class:`SaliencyMetrics`); returns its scores. An error
+    about one image's values names it."""
+    metrics = SaliencyMetrics(beta2)
+    for name, (saliency, gt) in _loaded(names, load, desc, progress):
+        with _about(name):
+            metrics.update(saliency, gt)
+    return metrics.scores()

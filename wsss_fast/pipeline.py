@@ -7,8 +7,9 @@ Layout of a run folder (``out``)::
     <stage>/            the stage's outputs (model, CAMs, label maps, ...)
     <stage>/stage.json  written when the stage finished: seconds, metrics
     splits/<split>.txt  the image lists the stages share
-    summary.json        {"stages": [{"name", "command", "miou", "seconds",
-                        "skipped"}, ...], "table": [...]}
+    summary.json        {"stages": [{"name", "command", "miou", "metric",
+                        "value", "seconds", "skipped"}, ...], "table": [{"name",
+                        "metric", "value", "miou"}, ...]}
     report/index.html   overlays of images, CAMs and final labels
 
 A stage whose stage.json exists is skipped (its recorded numbers are
@@ -54,12 +55,19 @@ class Stage:
     name: its config section and output folder. command: the subcommand it
     runs. wiring: (run, stage folder) -> the flags it gets from the run's
     layout; the config's options for the stage come on top. title: its row
-    of the results table, for evaluation stages (their mIoU).
+    of the results table, for evaluation stages. metric: the key of the
+    evaluation's ``eval.json`` that is the row's figure (a fraction; one of
+    :data:`METRICS`): the mIoU, or eval-saliency's max F-measure.
     """
     name: str
     command: str
     wiring: Callable[["Run", Path], dict]
     title: str | None = None
+    metric: str = "miou"
+
+
+# figures an evaluation stage can report: eval.json key -> label in the printed table
+METRICS = {"miou": "mIoU", "max_f": "max F"}
 
 
 class Run:
@@ -140,6 +148,10 @@ STAGES = [
           lambda r, d: {**r.data(r.train_split), "out": d, "resume": True, **r.compute()}),
     Stage("make-cam", "make-cam",
           lambda r, d: {**r.data(r.train_split), "model": r.dir("train-cls"), "out": d, **r.compute()}),
+    Stage("make-saliency", "make-saliency", lambda r, d: {**r.data(r.train_split), "out": d}),
+    Stage("eval-saliency", "eval-saliency",
+          lambda r, d: {**r.data(r.eval_split), "saliency": r.dir("make-saliency"), "out": d / "eval.json",
+                        "no_progress": True}, "Saliency max F", metric="max_f"),
     Stage("eval-cam", "eval-cam",
           lambda r, d: {"cam": r.dir("make-cam"), **r.evaluation(r.eval_split, d)}, "CAM"),
     Stage("train-refine", "train-refine",
@@ -390,19 +402,22 @@ def run_pipeline(config: dict, *, force: list[str] | tuple = (), progress: bool 
             distributed.barrier()  # every rank is done with the stage
             if not main:
                 continue
+            value = _figure(run.dir(stage.name), stage)
             record = {"name": stage.name, "command": stage.command, "title": stage.title,
-                      "seconds": time.perf_counter() - start, "miou": _miou(run.dir(stage.name), stage),
+                      "seconds": time.perf_counter() - start,
+                      "miou": value if stage.metric == "miou" else None,
+                      "metric": stage.metric if stage.title else None, "value": value,
                       "options": options, "fingerprint": upstream}
             write_text_atomic(marker, json.dumps(record, indent=1) + "\n")
             record["skipped"] = False
             print(f"[{stage.name}] {record['seconds']:.1f} s"
-                  + (f", mIoU {100 * record['miou']:.2f}%" if record["miou"] is not None else ""), flush=True)
+                  + (f", {METRICS[stage.metric]} {100 * value:.2f}%" if value is not None else ""), flush=True)
         records.append(record)
     if not main:
         return None
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
                "stages": records,
-               "table": [{"name": r["title"], "miou": r["miou"]} for r in records if r["title"]],
+               "table": [_row(r) for r in records if r["title"]],
                "total_seconds": sum(r["seconds"] for r in records)}
     write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     print(format_summary(summary))
@@ -424,13 +439,13 @@ def with_seed(config: dict, seed: int) -> dict:
 
 
 def summarise_seeds(summaries: dict[int, dict]) -> dict:
-    """The mIoU rows of runs that differ only in their seed: per row title,
+    """The table rows of runs that differ only in their seed: per row title,
     every seed's value, the mean, the sample standard deviation (n - 1), the
     minimum and the maximum (fractions; None where a run has no value)."""
     rows = []
     titles = [row["name"] for row in next(iter(summaries.values()))["table"]]
     for title in titles:
-        values = {seed: next((r["miou"] for r in s["table"] if r["name"] == title), None)
+        values = {seed: next((_value(r) for r in s["table"] if r["name"] == title), None)
                   for seed, s in summaries.items()}
         known = [v for v in values.values() if v is not None]
         mean = sum(known) / len(known) if known else None
@@ -442,7 +457,7 @@ def summarise_seeds(summaries: dict[int, dict]) -> dict:
 
 
 def format_seed_table(result: dict) -> str:
-    """The rows of :func:`summarise_seeds` as a text table (mIoU in %)."""
+    """The rows of :func:`summarise_seeds` as a text table (mIoU or F-measure, in %)."""
     def pct(v):
         return f"{100 * v:6.2f}" if v is not None else "     -"
 
@@ -455,19 +470,38 @@ def format_seed_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _miou(stage_dir: Path, stage: Stage) -> float | None:
+def _figure(stage_dir: Path, stage: Stage) -> float | None:
+    """An evaluation stage's figure (``stage.metric`` of its eval.json); None
+    for other stages and for NaN."""
     if stage.title is None:
         return None
-    value = json.loads((stage_dir / "eval.json").read_text())["miou"]
+    value = json.loads((stage_dir / "eval.json").read_text())[stage.metric]
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def _value(record: dict) -> float | None:
+    """A stage record's or table row's figure (records of older runs have
+    only ``miou``)."""
+    return record.get("value", record.get("miou"))
+
+
+def _row(record: dict) -> dict:
+    """A table row: name, metric ("miou" or "max_f"), value, and ``miou``
+    (the value for mIoU rows, None for the others)."""
+    metric = record.get("metric") or "miou"
+    value = _value(record)
+    return {"name": record["title"], "metric": metric, "value": value,
+            "miou": value if metric == "miou" else None}
+
+
 def format_summary(summary: dict) -> str:
-    """The stage table: seconds of every stage, mIoU of the evaluations."""
-    lines = [f"{'stage':<18} {'seconds':>9}  {'mIoU':>7}  result", "-" * 58]
+    """The stage table: seconds of every stage, the figure of the
+    evaluations (mIoU, or the max F-measure of "Saliency max F")."""
+    lines = [f"{'stage':<18} {'seconds':>9}  {'value':>7}  result", "-" * 58]
     for r in summary["stages"]:
-        miou = f"{100 * r['miou']:6.2f}%" if r["miou"] is not None else ""
-        lines.append(f"{r['name']:<18} {r['seconds']:>9.1f}  {miou:>7}  {r['title'] or ''}")
+        value = _value(r)
+        shown = f"{100 * value:6.2f}%" if value is not None else ""
+        lines.append(f"{r['name']:<18} {r['seconds']:>9.1f}  {shown:>7}  {r['title'] or ''}")
     lines.append("-" * 58)
     lines.append(f"{'total':<18} {summary['total_seconds']:>9.1f}")
     return "\n".join(lines)
