@@ -142,14 +142,15 @@ def test_sccam_rounds_write_subcategories_and_a_sub_head(voc, tmp_path):
             names = z["names"].tolist()
         dataset = VOCSegmentation(voc, "train")
         parents = np.stack([dataset.labels[n] for n in names])
-        assert labels.shape == (48, 30) and sizes.shape == (10, 3)
+        c = dataset.num_classes
+        assert labels.shape == (48, 3 * c) and sizes.shape == (c, 3)
         # every image has exactly one sub-category per parent class it holds
-        np.testing.assert_array_equal(labels.reshape(48, 10, 3).sum(-1), parents)
+        np.testing.assert_array_equal(labels.reshape(48, c, 3).sum(-1), parents)
         np.testing.assert_array_equal(sizes.sum(1), parents.sum(0))
         assert json.loads((out / f"round{r}" / "subcategories.json").read_text()).keys() == \
             set(dataset.class_names[1:])
     model = load_classifier(out)
-    assert model.subcategories == 3 and model.sub_head.out_channels == 30
+    assert model.subcategories == 3 and model.sub_head.out_channels == 3 * model.num_classes
     # resuming a finished run does nothing and keeps the result
     before = (out / "final.pt").read_bytes()
     assert main(["train-cls", "--voc", str(voc), "--split", "train", "--out", str(out), "--method", "sccam",

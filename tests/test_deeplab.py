@@ -304,7 +304,7 @@ def test_train_seg_errors_name_the_problem(demo, tmp_path, capsys):
     assert "'train_000005.png'" in capsys.readouterr().err
     save_label_png(labels / "train_000005.png", np.full((48, 48), 11, dtype=np.uint8))
     assert cli.main(train_args(demo, tmp_path / "d", "--labels", str(labels))) == 2
-    assert "holds value 11, outside 0..10 and 255" in capsys.readouterr().err
+    assert "holds value 11, outside 0..5 and 255" in capsys.readouterr().err
     assert cli.main(train_args(demo, tmp_path / "e", "--backbone-option", "depth=3")) == 2
     assert "has no option 'depth'" in capsys.readouterr().err
     assert cli.main(train_args(demo, tmp_path / "f", "--weights", str(tmp_path / "w.pth"))) == 2
