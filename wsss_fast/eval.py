@@ -528,3 +528,40 @@ def evaluate_saliency(names: Sequence[str], load: Callable[[str], tuple], *, bet
         with _about(name):
             metrics.update(saliency, gt)
     return metrics.scores()
+
+
+CAM_HISTOGRAM_BINS = 256
+
+
+def cam_maximum_histogram(cam_dir: str | os.PathLike, names: Sequence[str], *,
+                          bins: int = CAM_HISTOGRAM_BINS, progress: bool = False) -> np.ndarray:
+    """(bins,) int64 histogram over [0, 1] of every pixel's largest CAM value
+    (max over the image's classes of the max-normalised maps) in the CAM
+    files ``cam_dir/<name>.npz``. Needs no ground truth."""
+    hist = np.zeros(bins, dtype=np.int64)
+    for name in tqdm(names, desc="CAM histogram", unit="img", disable=not progress):
+        scores = load_scores(Path(cam_dir) / f"{name}.npz")
+        top = scores.data.max(axis=0) if len(scores.keys) else np.zeros(scores.data.shape[1:], np.float32)
+        hist += np.histogram(np.asarray(top, dtype=np.float32), bins=bins, range=(0.0, 1.0))[0]
+    return hist
+
+
+def otsu_threshold(hist: np.ndarray) -> float:
+    """Otsu's threshold of a histogram over [0, 1] (equal-width bins): the
+    bin edge that maximises the between-class variance of the two sides,
+    w0 w1 (mu0 - mu1)^2. Applied to :func:`cam_maximum_histogram`, it splits
+    the pixels into a low (background-like) and a high (object-like) mode of
+    the CAMs without ground truth."""
+    hist = np.asarray(hist, dtype=np.float64)
+    if hist.ndim != 1 or hist.size < 2 or hist.sum() <= 0 or (hist < 0).any():
+        raise ValueError(f"otsu_threshold: needs a 1-D histogram of >= 2 non-negative bins with a positive "
+                         f"total, got shape {hist.shape} and total {hist.sum() if hist.size else 0}")
+    p = hist / hist.sum()
+    centres = (np.arange(hist.size) + 0.5) / hist.size
+    w0 = np.cumsum(p)[:-1]  # split after bin i
+    mu0 = np.cumsum(p * centres)[:-1]
+    total = float((p * centres).sum())
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where((w0 > 0) & (w1 > 0), (total * w0 - mu0) ** 2 / (w0 * w1), -1.0)
+    return float((np.argmax(between) + 1) / hist.size)

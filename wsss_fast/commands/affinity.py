@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from . import (add_backbone_flags, add_crf_backend_flag, add_crf_stage_flags, add_device_flags,
                add_precision_flag, add_sgd_flags, add_split_flags, default_device, int_at_least,
                non_negative_float, output_dir, positive_float)
@@ -82,11 +83,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="label-map folder")
     p.add_argument("--scores", type=output_dir, metavar="DIR", help="also write the propagated maps <name>.npz here")
     p.add_argument("--beta", type=positive_float, help="affinity exponent (default: psa 8, irn 10)")
-    p.add_argument("--steps", type=int_at_least(0, at_most=65536), help="walk steps, 0..65536 (default 256 = 2^8)")
+    p.add_argument("--steps", type=_steps, metavar="N|auto",
+                   help="walk steps, 0..65536 (default 256 = 2^8), or auto: 256 x the image's area / "
+                        "(500 x 375), the same reach relative to the image as 256 steps on a VOC image "
+                        "(22 at 128 x 128)")
     p.add_argument("--border", choices=("all", "psa"), default="all",
                    help=BORDER_HELP + " (default all, also IRN's)")
     g = p.add_argument_group("psa only")
-    g.add_argument("--alpha", type=positive_float, help="background exponent (default 16)")
+    g.add_argument("--alpha", type=_alpha, metavar="A|auto",
+                   help="background exponent (default 16, PSA's, for ResNet-38's CAMs), or auto: the exponent "
+                        "that puts the background at the Otsu threshold of the largest CAM value over the "
+                        "split's pixels (no ground truth; printed)")
     g = p.add_argument_group("irn only")
     g.add_argument("--radius", type=int_at_least(1), help="pair radius of the walk at stride 4 (default 5)")
     g.add_argument("--threshold", type=non_negative_float, metavar="T",
@@ -101,6 +108,14 @@ def add_parser(subparsers) -> None:
     add_device_flags(p)
     add_precision_flag(p)
     p.set_defaults(func=run_rw)
+
+
+def _steps(text: str) -> int | str:
+    return text if text == "auto" else int_at_least(0, at_most=65536)(text)
+
+
+def _alpha(text: str) -> float | str:
+    return text if text == "auto" else positive_float(text)
 
 
 def run_make_labels(args: argparse.Namespace) -> None:
@@ -143,10 +158,18 @@ def run_rw(args: argparse.Namespace) -> None:
     from ..cpu import resolve_precision
     from ..data.voc import VOCRoot
     from ..models.checkpoints import load_affinity_net, load_boundary_net
-    from ..stages.random_walk import run_random_walk, walk_settings
+    from ..stages.random_walk import otsu_alpha, run_random_walk, walk_settings
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)
+    if args.alpha == "auto":
+        if args.method != "psa":
+            raise UsageError("alpha: used by the psa random walk only, not by --method irn")
+        from ..storage import require_score_files
+
+        require_score_files(args.cam, names)
+        args.alpha, threshold = otsu_alpha(args.cam, names, progress=not args.no_progress)
+        print(f"rw: background exponent alpha {args.alpha:.3f}: the CAMs' Otsu threshold {threshold:.3f}")
     pad_to = args.pad_to
     if args.method == "irn":
         model, meta = load_boundary_net(args.model)

@@ -35,6 +35,7 @@ Images of the same size go through the network and the walk together.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -67,22 +68,66 @@ from ..transforms import normalize
 @dataclass
 class WalkSettings:
     """PSA's infer_aff defaults: background exponent ``alpha`` 16, affinity
-    exponent ``beta`` 8, ``n_steps`` 256 (logt 8); ``border`` "all" or "psa"."""
+    exponent ``beta`` 8, ``n_steps`` 256 (logt 8) or "auto"
+    (:func:`auto_steps`); ``border`` "all" or "psa"."""
     alpha: float = 16.0
     beta: float = 8.0
-    n_steps: int = 256
+    n_steps: int | str = 256
     border: str = "all"
+
+
+AUTO = "auto"
+VOC_PIXELS = 500 * 375  # the typical PASCAL VOC image, for which PSA and IRN set 256 steps
+REFERENCE_STEPS = 256
+
+
+def auto_steps(height: int, width: int) -> int:
+    """The walk length that keeps the walk's reach the same fraction of the
+    image as PSA's 256 steps on a 500 x 375 VOC image: a random walk spreads
+    over about sqrt(steps) grid cells, so the steps scale with the image's
+    area: round(256 * H * W / (500 * 375)), at least 1 (22 steps at 128 x
+    128, 256 at VOC's size; not capped above)."""
+    return max(1, round(REFERENCE_STEPS * height * width / VOC_PIXELS))
+
+
+def steps_for(n_steps: int | str, height: int, width: int) -> int:
+    """``n_steps`` itself, or :func:`auto_steps` of the image when it is "auto"."""
+    return auto_steps(height, width) if n_steps == AUTO else int(n_steps)
+
+
+def alpha_for_threshold(threshold: float) -> float:
+    """The background exponent alpha at which PSA's background score
+    (1 - m)^alpha equals the largest CAM value m exactly at m = threshold, so
+    that before the walk the argmax labels a pixel background iff its largest
+    CAM is below the threshold. threshold in (0, 1)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"alpha_for_threshold: threshold must be in (0, 1), got {threshold}")
+    return math.log(threshold) / math.log1p(-threshold)
+
+
+def otsu_alpha(cam_dir: str | os.PathLike, names: Sequence[str], *, progress: bool = False
+               ) -> tuple[float, float]:
+    """(alpha, threshold): the Otsu threshold of the largest CAM value over
+    every pixel of ``names`` (:func:`wsss_fast.eval.otsu_threshold`, no ground
+    truth) and the background exponent that puts PSA's background at it
+    (:func:`alpha_for_threshold`). PSA's alpha 16 puts it at 0.123 (its
+    aff-label exponents 4 and 32 at 0.276 and 0.077), a level set for
+    ResNet-38's CAMs; other classifiers' CAMs split elsewhere."""
+    from ..eval import cam_maximum_histogram, otsu_threshold
+
+    threshold = otsu_threshold(cam_maximum_histogram(cam_dir, names, progress=progress))
+    return alpha_for_threshold(threshold), threshold
 
 
 @dataclass
 class IRNWalkSettings:
     """IRN's make_sem_seg_labels defaults: affinity exponent ``beta`` 10,
-    ``n_steps`` 256 (2^exp_times, exp_times 8), pair ``radius`` 5,
+    ``n_steps`` 256 (2^exp_times, exp_times 8) or "auto" (:func:`auto_steps`), pair ``radius`` 5,
     background ``threshold`` 0.25 (sem_seg_bg_thres), images padded to
     ``pad_to`` (the training crop; IRN: 512) for the boundary network;
     ``border`` "all" (IRN's pairs) or "psa" (:func:`wsss_fast.ops.random_walk`)."""
     beta: float = 10.0
-    n_steps: int = 256
+    n_steps: int | str = 256
     radius: int = 5
     threshold: float = 0.25
     pad_to: int = 512
@@ -161,7 +206,7 @@ def propagate(model: AffinityNet, images: torch.Tensor, cams: torch.Tensor,
         raise ValueError(f"the network's grid {tuple(aff.shape[-2:])} does not match the padded "
                          f"image's {tuple(grid.shape[-2:])} (stride {s})")
     walked = walk(grid.contiguous(), aff.to(grid.dtype), model.radius, settings.beta,
-                  settings.n_steps, settings.border)
+                  steps_for(settings.n_steps, h, w), settings.border)
     up = F.interpolate(walked, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return up[..., :h, :w]
 
@@ -197,8 +242,8 @@ def propagate_irn(model: BoundaryNet, images: torch.Tensor, cams: torch.Tensor,
     with inference_context(precision, images.device.type) as layout:
         boundary = model.predict(layout(normalize(images)), settings.pad_to)
     grid = strided_cams(cams.float(), tuple(boundary.shape[-2:]))
-    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta, settings.n_steps,
-                                  settings.border)
+    walked = boundary_random_walk(grid, boundary, settings.radius, settings.beta,
+                                  steps_for(settings.n_steps, h, w), settings.border)
     up = F.interpolate(walked, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
     peak = up.amax((1, 2, 3), keepdim=True)
     up = torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
