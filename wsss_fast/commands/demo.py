@@ -24,8 +24,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n-val", type=int_at_least(4), default=300, metavar="N", help="val images (default 300)")
     p.add_argument("--size", type=int_at_least(32, at_most=1024), default=128, metavar="S",
                    help="image side, 32..1024 (default 128)")
-    p.add_argument("--seeds", type=_seeds, metavar="S,S,...",
-                   help="comma-separated seeds: one run per seed (at least 2), then mean and spread")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, metavar="S",
+                       help="seed of every training stage (default: each stage's own default)")
+    seeds.add_argument("--seeds", type=_seeds, metavar="S,S,...",
+                       help="comma-separated seeds: one run per seed (at least 2), then mean and spread")
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="recompute STAGE and every stage after it; repeatable")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(CONFIG_DIR / "demo.yaml", args.overrides)
     config.update(voc=str(data), device=args.device or config.get("device") or "cpu")
     if args.seeds is None:
-        summary = run_pipeline({**config, "out": str(args.out)}, force=args.force)
+        config = {**config, "out": str(args.out)}
+        summary = run_pipeline(config if args.seed is None else with_seed(config, args.seed), force=args.force)
         if summary is not None:  # rank 0
             print(f"demo: {summary['total_seconds']:.0f} s in all; {args.out / 'summary.json'}, "
                   f"{args.out / 'report' / 'index.html'}")

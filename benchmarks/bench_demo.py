@@ -1,0 +1,126 @@
+"""The demo's results over seeds and thread counts: does its story hold on
+this machine whatever the seed and the number of threads?
+
+Runs ``wsss-fast demo --seed S`` (every training stage seeded with S; the
+data are the same for every run) for each thread count T (OMP_NUM_THREADS)
+and seed S, each in a fresh process writing OUT/t<T>/seed<S>. Runs with
+T = 1 may run ``--jobs`` at a time (each on its own core); the others run one
+after another. Writes results/demo-cpu.json (every run's table and seconds,
+each row's mean, sample standard deviation, minimum and maximum over all
+runs, the CPU's model, ``uptime`` before and after) and the README's section
+``demo-cpu``: the table that README quotes is this file's, not typed.
+
+Checks (printed and in the file, each run separately): CAM + RW beats the
+CAM by at least 2 points; DeepLab on val reaches 0.9 x the mIoU of the
+pseudo labels it trained on (CAM + RW + CRF on train).
+
+    python benchmarks/bench_demo.py [--threads 1 2] [--seeds 0 1 2] [--jobs 2] [--out /tmp/bench-demo]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import cpu_description, update_readme, uptime, write_results  # noqa: E402
+from wsss_fast.pipeline import format_seed_table, summarise_seeds  # noqa: E402
+
+RW_GAIN = 0.02  # CAM + RW must beat CAM by this much (mIoU fraction)
+SEG_RATIO = 0.9  # DeepLab (val) at least this fraction of its pseudo labels' mIoU (train)
+CAM_ROW, RW_ROW, LABEL_ROW, SEG_ROW = "CAM", "CAM + RW", "CAM + RW + CRF", "DeepLab"
+
+
+def run_demo(out: Path, threads: int, seed: int, overrides: list[str]) -> dict:
+    """One demo run in a fresh process; returns its summary.json plus the wall time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "wsss_fast", "demo", "--out", str(out), "--seed", str(seed), *overrides]
+    start = time.perf_counter()
+    with open(out.parent / f"seed{seed}.log", "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out.parent / f'seed{seed}.log'}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {**summary, "wall_seconds": wall}
+
+
+def row(summary: dict, name: str) -> float | None:
+    return next((r.get("value", r.get("miou")) for r in summary["table"] if r["name"] == name), None)
+
+
+def checks(summary: dict) -> dict:
+    cam, rw, labels, seg = (row(summary, n) for n in (CAM_ROW, RW_ROW, LABEL_ROW, SEG_ROW))
+    return {"rw_gain": None if None in (cam, rw) else rw - cam,
+            "rw_gain_ok": None if None in (cam, rw) else rw - cam >= RW_GAIN,
+            "seg_ratio": None if None in (labels, seg) else seg / labels,
+            "seg_ratio_ok": None if None in (labels, seg) else seg / labels >= SEG_RATIO}
+
+
+def readme_table(payload: dict) -> str:
+    """Markdown: one column per run (threads, seed), then mean +- std and range."""
+    runs = payload["records"]
+    names = [r["name"] for r in runs[0]["table"]]
+    head = "| result | " + " | ".join(f"{r['threads']} thr, seed {r['seed']}" for r in runs) + " | mean +- std | min..max |"
+    lines = [head, "|" + " --- |" * (len(runs) + 3)]
+    stats = {r["name"]: r for r in payload["summary"]["rows"]}
+    for name in names:
+        cells = [row(r, name) for r in runs]
+        s = stats[name]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in cells)
+                     + (f" | {100 * s['mean']:.2f} +- {100 * s['std']:.2f} | {100 * s['min']:.2f}..{100 * s['max']:.2f} |"
+                        if s["std"] is not None else " | - | - |"))
+    lines.append("| CAM + RW - CAM | " + " | ".join(f"{100 * r['checks']['rw_gain']:+.2f}" for r in runs) + " | | |")
+    lines.append("| DeepLab / pseudo labels | " + " | ".join(f"{r['checks']['seg_ratio']:.2f}" for r in runs) + " | | |")
+    lines.append("| seconds | " + " | ".join(f"{r['total_seconds']:.0f}" for r in runs) + " | | |")
+    cpu = payload["cpu"]
+    lines.append("")
+    lines.append(f"{cpu['model']}, {cpu['cores_available']} cores; {payload['jobs']} one-thread run(s) at a time; "
+                 f"load before: {payload['uptime_before'].split('load average:')[-1].strip()}; "
+                 f"commit {payload['environment']['commit']}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="one-thread runs at a time (default 2)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-demo"))
+    parser.add_argument("overrides", nargs="*", help="demo overrides (KEY=VALUE)")
+    args = parser.parse_args()
+    before = uptime()
+    records = []
+    for threads in args.threads:
+        (args.out / f"t{threads}").mkdir(parents=True, exist_ok=True)
+        jobs = args.jobs if threads == 1 else 1
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = {seed: pool.submit(run_demo, args.out / f"t{threads}" / f"seed{seed}", threads, seed,
+                                         args.overrides) for seed in args.seeds}
+            for seed, future in futures.items():
+                summary = future.result()
+                records.append({"threads": threads, "seed": seed, "table": summary["table"],
+                                "total_seconds": summary["total_seconds"], "wall_seconds": summary["wall_seconds"],
+                                "checks": checks(summary)})
+                print(f"threads {threads} seed {seed}: {summary['total_seconds']:.0f} s, {records[-1]['checks']}",
+                      flush=True)
+    summary = summarise_seeds({i: {"table": r["table"], "total_seconds": r["total_seconds"]}
+                               for i, r in enumerate(records)})
+    print(format_seed_table(summary))
+    payload = {"cpu": cpu_description(), "uptime_before": before, "uptime_after": uptime(), "jobs": args.jobs,
+               "overrides": args.overrides, "summary": summary,
+               "all_rw_gain_ok": all(r["checks"]["rw_gain_ok"] for r in records),
+               "all_seg_ratio_ok": all(r["checks"]["seg_ratio_ok"] for r in records)}
+    path = write_results("demo", "cpu", records, **payload)
+    print(f"wrote {path}")
+    payload = json.loads(path.read_text())
+    update_readme("demo-cpu", readme_table(payload))
+
+
+if __name__ == "__main__":
+    main()
