@@ -131,6 +131,20 @@ def test_boundary_net_needs_a_stride_4_pyramid():
         BoundaryNet(build_backbone("vgg16_d1"))
 
 
+def test_efficientnet_lite0_pyramid_feeds_the_boundary_branch(gen):
+    """Stage 2's stride-4 map, then the same stride-8 maps as forward_stages."""
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", frozen_blocks=3).eval()
+    x = torch.randn(2, 3, 37, 50, generator=gen)
+    pyramid = backbone.forward_pyramid(x)
+    assert backbone.pyramid_strides == (4, 8, 8, 8) and backbone.pyramid_channels == (24, 40, 80, 112)
+    assert [tuple(m.shape[1:]) for m in pyramid] == [(24, 10, 13), (40, 5, 7), (80, 5, 7), (112, 5, 7)]
+    for a, b in zip(pyramid[1:], backbone.forward_stages(x)):
+        assert torch.equal(a, b)
+    net = BoundaryNet(backbone).eval()
+    assert net(torch.randn(1, 3, 48, 48, generator=gen)).shape == (1, 1, 12, 12)
+
+
 def test_predict_is_irns_edge_displacement(gen):
     """net/resnet50_irn.py EdgeDisplacement: pad to the crop, crop the logits
     to the image's cells, average with the mirrored pass, sigmoid."""

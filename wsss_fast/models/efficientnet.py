@@ -129,7 +129,8 @@ class EfficientNetLite0(Backbone):
             faster; 0 (default) trains everything.
 
     ``forward_stages`` returns the ends of stages 3, 4 and 5: 40, 80 and 112
-    channels, all at stride 8.
+    channels, all at stride 8; ``forward_pyramid`` also stage 2's end (24
+    channels at stride 4) first, for IRN's boundary branch.
     """
 
     def __init__(self, frozen_bn: bool = False, frozen_blocks: int = 0):
@@ -144,6 +145,7 @@ class EfficientNetLite0(Backbone):
         blocks, ends = build_blocks(STEM_CHANNELS, STAGES)
         self._blocks = nn.ModuleList(blocks)
         self._stage_ends = tuple(ends[-3:])
+        self._pyramid_ends = tuple(ends[1:])  # stage 2 (stride 4) and the three stride-8 stages
         self.register_buffer("input_scale", torch.tensor(_INPUT_SCALE).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_shift", torch.tensor(_INPUT_SHIFT).view(1, 3, 1, 1), persistent=False)
         for m in self.modules():
@@ -167,17 +169,35 @@ class EfficientNetLite0(Backbone):
             module.eval()
         return self
 
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
+        """24 (stage 2, stride 4), then the stages' 40, 80, 112 (stride 8)."""
+        return (STAGES[1][4], *self.stage_channels)
+
+    @property
+    def pyramid_strides(self) -> tuple[int, ...]:
+        return (4, *self.stage_strides)
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stages = []
+        return self._ends(x, self._stage_ends)
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stage 2's stride-4 map and the three stride-8 stages (IRN's
+        boundary branch reads these)."""
+        return self._ends(x, self._pyramid_ends)
+
+    def _ends(self, x: torch.Tensor, ends: tuple[int, ...]) -> list[torch.Tensor]:
+        """The outputs of the blocks ``ends`` (running no block after the last)."""
+        maps = []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_blocks):
             x = x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
             x = F.relu6(self._bn0(self._conv_stem(x)))
-        for i, block in enumerate(self._blocks):
+        for i, block in enumerate(self._blocks[:ends[-1] + 1]):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_blocks):
                 x = block(x)
-            if i in self._stage_ends:
-                stages.append(x)
-        return stages
+            if i in ends:
+                maps.append(x)
+        return maps
 
 
 def packaged_weights_path() -> str:

@@ -53,7 +53,7 @@ class BoundaryNet(nn.Module):
         if not strides or strides[0] != STRIDE or any(s % STRIDE for s in strides):
             raise UsageError(f"IRN's boundary branch needs a backbone pyramid that starts at stride "
                              f"{STRIDE} (strides multiples of {STRIDE}); {type(backbone).__name__} has "
-                             f"strides {strides}. Use resnet50 (IRN), resnet101 or scratch")
+                             f"strides {strides}. Use resnet50 (IRN), resnet101, efficientnet_lite0 or scratch")
         self.backbone = backbone.requires_grad_(False)
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, WIDTH, 1, bias=False), nn.GroupNorm(GROUPS, WIDTH))
