@@ -12,15 +12,17 @@ from wsss_fast.outputs import LOCK_FILE, PROVENANCE_FILE
 from wsss_fast.storage import load_label_png
 
 # One epoch per stage, tiny networks and crops (the demo config otherwise).
-TINY = ["stages.train-cls.epochs=1", "stages.train-cls.backbone_option={width: 4}", "stages.train-cls.crop=32",
+TINY = ["stages.train-cls.epochs=1", "stages.train-cls.backbone=scratch", "stages.train-cls.weights=null",
+        "stages.train-cls.backbone_option={width: 4}", "stages.train-cls.crop=32",
         "stages.train-cls.resize_long=[32, 48]", "stages.train-cls.batch_size=8", "stages.train-cls.num_workers=0",
         "stages.train-aff.epochs=1", "stages.train-aff.crop=32", "stages.train-aff.batch_size=8",
         "stages.train-aff.num_workers=0", "stages.train-seg.epochs=1", "stages.train-seg.crop=32",
         "stages.train-seg.batch_size=8",
         "stages.train-seg.num_workers=0", "stages.make-cam.workers=0", "stages.rw.num_workers=0",
-        "stages.rw-crf.num_workers=0", "stages.infer-seg.num_workers=0", "stages.infer-seg-crf.num_workers=0",
-        "stages.train-irn.epochs=1", "stages.train-irn.crop=48", "stages.train-irn.batch_size=8",
-        "stages.train-irn.num_workers=0", "stages.rw-irn.num_workers=0"]
+        "stages.rw-crf.num_workers=0", "stages.infer-seg.num_workers=0", "stages.infer-seg-crf.num_workers=0"]
+# IRN's stages (the demo runs them with --compare), as tiny
+TINY_IRN = ["stages.make-ir-labels={}", "stages.train-irn={init: '@train-cls', epochs: 1, crop: 48, batch_size: 8, "
+            "num_workers: 0, radius: 5}", "stages.rw-irn={num_workers: 0}", "stages.eval-rw-irn={}"]
 DEMO = ["--n-train", "24", "--n-val", "8", "--size", "48"]
 
 
@@ -67,8 +69,7 @@ def test_demo_end_to_end_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
     for stage in summary["stages"]:
         assert stage["seconds"] >= 0 and (stage["miou"] is None or 0 <= stage["miou"] <= 1)
     table = {row["name"]: row["miou"] for row in summary["table"]}
-    assert set(table) == {"CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN", "DeepLab", "DeepLab + CRF"}
-    assert len(list((out / "rw-irn").glob("*.png"))) == 24 and len(list((out / "make-ir-labels").glob("*.png"))) == 24
+    assert set(table) == {"CAM", "CAM + RW", "CAM + RW + CRF", "DeepLab", "DeepLab + CRF"}
     assert all(isinstance(v, float) for v in table.values())
     assert "CAM + RW + CRF" in printed and "total" in printed
     assert (out / "report" / "index.html").is_file()
@@ -78,6 +79,30 @@ def test_demo_end_to_end_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), *DEMO, *TINY]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert all(s["skipped"] for s in again["stages"]) and again["table"] == summary["table"]
+
+
+@pytest.mark.slow
+def test_demo_compare(tmp_path, capsys):
+    """--compare: the pipeline with IRN beside PSA, SC-CAM rounds from its
+    classifier, one table with each round's CAM mIoU and cluster purity."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *DEMO, "--compare", "--rounds", "1", "--round-images", "6",
+                 *TINY, *TINY_IRN]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "compare.json").read_text())
+    names = [row["name"] for row in table["rows"]]
+    assert names[:4] == ["CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN"]
+    assert names[-3:] == ["SC-CAM round 0 CAM (6 train images)", "SC-CAM round 1 CAM (6 train images)",
+                          "SC-CAM round 1 clusters (round 0) purity"]
+    purity = table["rows"][-1]
+    assert purity["floor"] <= purity["value"] <= 1 and set(purity["per_class"]) == {"top", "footwear"}
+    assert len(list((out / "compare" / "sccam" / "round-cams" / "round1").glob("*.npz"))) == 6
+    assert "SC-CAM round 1 clusters (round 0) purity" in printed
+    # the SC-CAM rounds start from the pipeline's classifier
+    stage = json.loads((out / "compare" / "sccam" / "train-cls" / "stage.json").read_text())
+    assert stage["options"]["--round0"] == [str(out / "compare" / "train-cls")]
+    assert main(["demo", "--out", str(out), *DEMO, "--compare", "--seeds", "1,2"]) == 2
+    assert "--compare runs one seed" in capsys.readouterr().err
 
 
 def test_run_rejects_a_bad_key_before_running_anything(tmp_path, capsys):

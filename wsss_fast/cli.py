@@ -26,6 +26,8 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 from .errors import WsssFastError
@@ -60,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings of wsss-fast's own code as one line naming the program
+    (not the source line that issued it); others as Python writes them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"wsss-fast: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .cpu import configure_torch, prepare_environment
 
@@ -72,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, trailing).extend(extra)  # positionals given after an option (run CONFIG --check k=v)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    warnings.formatwarning = _format_warning
     try:
         configure_torch()
         status = args.func(args)

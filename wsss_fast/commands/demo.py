@@ -29,6 +29,17 @@ def add_parser(subparsers) -> None:
                        help="seed of every training stage (default: each stage's own default)")
     seeds.add_argument("--seeds", type=_seeds, metavar="S,S,...",
                        help="comma-separated seeds: one run per seed (at least 2), then mean and spread")
+    p.add_argument("--compare", action="store_true",
+                   help="also run and compare the references' alternatives on the same data (about 30 "
+                        "minutes on 2 cores): the pipeline with IRN's boundary random walk beside PSA's in "
+                        "OUT/compare, and SC-CAM rounds starting from its classifier as round 0 in "
+                        "OUT/compare/sccam, each round's CAM mIoU and the purity of its sub-category "
+                        "clusters against the hidden sub-types; one table, OUT/compare.json")
+    p.add_argument("--rounds", type=int_at_least(1), default=2, metavar="R",
+                   help="with --compare: SC-CAM rounds after round 0 (default 2)")
+    p.add_argument("--round-images", type=int_at_least(1), default=500, metavar="N",
+                   help="with --compare: training images each SC-CAM round's CAMs are scored on (the "
+                        "first N; default 500)")
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="recompute STAGE and every stage after it; repeatable")
@@ -57,6 +68,15 @@ def run(args: argparse.Namespace) -> None:
     make_demo_data(data, n_train=args.n_train, n_val=args.n_val, size=args.size, progress=True)
     config = load_config(CONFIG_DIR / "demo.yaml", args.overrides)
     config.update(voc=str(data), device=args.device or config.get("device") or "cpu")
+    if args.compare:
+        if args.seeds is not None:
+            raise UsageError("--compare runs one seed; give --seed, not --seeds")
+        from ..stages.compare import run_comparison
+
+        config = config if args.seed is None else with_seed(config, args.seed)
+        run_comparison(config, args.out, rounds=args.rounds, round_images=args.round_images,
+                               force=args.force)
+        return
     if args.seeds is None:
         config = {**config, "out": str(args.out)}
         summary = run_pipeline(config if args.seed is None else with_seed(config, args.seed), force=args.force)

@@ -2,9 +2,11 @@
 
 Reads an SC-CAM run folder of ``train-cls`` (``round<r>/subcategories.npz``
 for r >= 1: the clusters round r trained on, made from round r - 1's
-features) and a dataset's hidden sub-types (``subcategories.json`` of the
-demo data, :mod:`wsss_fast.data.demo`); writes nothing (the command writes
-the JSON it returns).
+features; ``round<r>/final.pt``) and a dataset's hidden sub-types
+(``subcategories.json`` of the demo data, :mod:`wsss_fast.data.demo`);
+:func:`purity_per_round` writes nothing (the command writes the JSON it
+returns), :func:`cam_miou_per_round` writes each round's CAMs of the images
+it scores to ``<out>/round<r>/`` and their list to ``<out>/names.txt``.
 
 For each class with two or more sub-types, the images whose items of that
 class are all of one sub-type are scored with
@@ -24,6 +26,7 @@ import numpy as np
 from ..data.voc import read_class_names
 from ..errors import DataError, UsageError
 from ..eval import cluster_purity
+from ..storage import write_text_atomic
 
 SUBTYPE_FILE = "subcategories.json"
 
@@ -95,3 +98,47 @@ def purity_per_round(run_dir: str | os.PathLike, voc_root: str | os.PathLike) ->
         if scores:
             mean[r] = {key: float(np.mean([s[key] for s in scores.values()])) for key in ("purity", "majority", "nmi")}
     return {"rounds": rounds, "mean": mean}
+
+
+def round_models(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(r, final.pt) of every round of an SC-CAM run folder, round 0 first."""
+    found = []
+    for path in Path(run_dir).glob("round*/final.pt"):
+        match = re.fullmatch(r"round(\d+)", path.parent.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def cam_miou_per_round(models: list[tuple[int, Path]], voc_root: str | os.PathLike, names: list[str],
+                       out_dir: str | os.PathLike, *, device: str = "cpu", precision: str = "float32",
+                       progress: bool = True) -> dict[int, dict]:
+    """SC-CAM's per-round figure: the CAMs of each round's classifier
+    (``models``: (r, final.pt), e.g. from :func:`round_models`; PSA's
+    multi-scale procedure) over ``names``, written to ``out_dir/round<r>``
+    (resumable), scored over the background-threshold sweep of eval-cam.
+    Returns {r: {"best": mIoU, "threshold": its threshold (chosen on this
+    ground truth), "fixed": {"0.15": mIoU, ...}}}."""
+    from ..data import VOCRoot, VOCSegmentation
+    from ..eval import REFERENCE_THRESHOLDS, evaluate_cam_dir, parse_sweep
+    from ..models import load_cam_model
+    from .cam import make_cams, resolve_settings
+
+    voc = VOCRoot(voc_root)
+    split_file = Path(out_dir) / "names.txt"
+    write_text_atomic(split_file, "".join(f"{n}\n" for n in names))
+    dataset = VOCSegmentation(voc, str(split_file), labels=True)
+    result = {}
+    for r, model_path in models:
+        model, _ = load_cam_model(model_path)
+        cams = Path(out_dir) / f"round{r}"
+        make_cams(model, dataset, cams, resolve_settings("psa"), device=device, precision=precision,
+                  num_workers=1, progress=progress, inputs={"model": model_path})
+        sweep = evaluate_cam_dir(cams, voc.mask_dirs[0], voc.num_classes + 1,
+                                 thresholds=parse_sweep("0:0.6:0.01") + list(REFERENCE_THRESHOLDS),
+                                 names=names, progress=False)
+        scores = {s["threshold"]: s["miou"] for s in sweep.scores()}
+        best = max(scores, key=lambda t: scores[t])
+        result[r] = {"best": scores[best], "threshold": best,
+                     "fixed": {f"{t:g}": scores[t] for t in REFERENCE_THRESHOLDS}}
+    return result
