@@ -15,6 +15,13 @@ CAM by at least 2 points; DeepLab on val reaches 0.9 x the mIoU of the
 pseudo labels it trained on (CAM + RW + CRF on train).
 
     python benchmarks/bench_demo.py [--threads 1 2] [--seeds 0 1 2] [--jobs 2] [--out /tmp/bench-demo]
+
+With ``--compare``: ``wsss-fast demo --compare --seed S`` once per seed (2 threads, one after
+another), results/demo_compare-cpu.json and the README's section ``demo-compare-cpu``: each
+row of the comparison per seed, its mean and spread, and whether SC-CAM's last round's CAMs
+beat round 0's.
+
+    python benchmarks/bench_demo.py --compare [--seeds 0 1 2]
 """
 from __future__ import annotations
 
@@ -86,14 +93,72 @@ def readme_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def run_compare(out: Path, seed: int, overrides: list[str]) -> dict:
+    """One ``demo --compare`` run in a fresh process; its compare.json plus the wall time."""
+    cmd = [sys.executable, "-m", "wsss_fast", "demo", "--compare", "--out", str(out), "--seed", str(seed),
+           *overrides]
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "demo.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / 'demo.log'}")
+    return {**json.loads((out / "compare.json").read_text()), "wall_seconds": time.perf_counter() - start}
+
+
+def compare_table(payload: dict) -> str:
+    """Markdown: one column per seed, then mean +- std."""
+    runs = payload["records"]
+    lines = ["| result | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean +- std |",
+             "|" + " --- |" * (len(runs) + 2)]
+    for name in [row["name"] for row in runs[0]["rows"]]:
+        values = [next((row["value"] for row in r["rows"] if row["name"] == name), None) for r in runs]
+        known = [v for v in values if v is not None]
+        mean = sum(known) / len(known) if known else None
+        std = (sum((v - mean) ** 2 for v in known) / (len(known) - 1)) ** 0.5 if len(known) > 1 else None
+        cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in values)
+        stat = "-" if mean is None else f"{100 * mean:.2f}" + ("" if std is None else f" +- {100 * std:.2f}")
+        lines.append(f"| {name} | {cells} | {stat} |")
+    lines.append("| wall seconds | " + " | ".join(f"{r['wall_seconds']:.0f}" for r in runs) + " | |")
+    cpu = payload["cpu"]
+    lines += ["", f"{cpu['model']}, {cpu['cores_available']} cores, 2 threads; load before: "
+              f"{payload['uptime_before'].split('load average:')[-1].strip()}; commit {payload['environment']['commit']}."]
+    return "\n".join(lines)
+
+
+def main_compare(args) -> None:
+    before = uptime()
+    records = []
+    for seed in args.seeds:
+        result = run_compare(args.out / f"compare-seed{seed}", seed, args.overrides)
+        records.append({"seed": seed, **result})
+        print(f"seed {seed}: {result['wall_seconds']:.0f} s", flush=True)
+    first = [r for r in records[0]["rows"] if r["name"].startswith("SC-CAM round") and "CAM (" in r["name"]]
+    rounds = {"round0": first[0]["name"], "last": first[-1]["name"]} if first else {}
+
+    def mean_of(name):
+        return sum(next(row["value"] for row in r["rows"] if row["name"] == name) for r in records) / len(records)
+
+    payload = {"cpu": cpu_description(), "uptime_before": before, "uptime_after": uptime(),
+               "overrides": args.overrides,
+               "sccam_last_round_at_least_round0": (mean_of(rounds["last"]) >= mean_of(rounds["round0"])
+                                                    if rounds else None)}
+    path = write_results("demo_compare", "cpu", records, **payload)
+    print(f"wrote {path}")
+    update_readme("demo-compare-cpu", compare_table(json.loads(path.read_text())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="one-thread runs at a time (default 2)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-demo"))
+    parser.add_argument("--compare", action="store_true", help="run demo --compare per seed instead")
     parser.add_argument("overrides", nargs="*", help="demo overrides (KEY=VALUE)")
     args = parser.parse_args()
+    if args.compare:
+        return main_compare(args)
     before = uptime()
     records = []
     for threads in args.threads:
