@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, update_readme, write_results  # noqa: E402
 from wsss_fast import ops  # noqa: E402
 from wsss_fast.crf import dense_crf, dense_crf_batch  # noqa: E402
-from wsss_fast.data.demo import load_photos  # noqa: E402
+from wsss_fast.data.demo import SKLEARN_PHOTOS, load_photos  # noqa: E402
 
 WIDTH, HEIGHT, CLASSES = 500, 375, 21
 
@@ -61,7 +61,7 @@ def make_inputs(n: int, seed: int = 0, classes: int = CLASSES, device: str = "cp
     """n (375, 500, 3) uint8 photo crops and n (classes, 375, 500) float32
     softmax maps (upsampled and normalised on ``device``, returned on the host)."""
     rng = np.random.default_rng(seed)
-    photos = load_photos()
+    photos = load_photos()[:len(SKLEARN_PHOTOS)]  # the two 427 x 640 colour photographs
     images, probs = [], []
     for i in range(n):
         photo = photos[i % len(photos)]

@@ -480,12 +480,12 @@ def kmeans_tiny(ctx: Ctx) -> str:
 def crf_inputs(ctx: Ctx, b: int, k: int, h: int, w: int, noise: bool = False):
     """(b, 3, h, w) uint8 photo crops (or uniform noise) and (b, k, h, w)
     softmax maps of smooth random logits, on the CPU."""
-    from wsss_fast.data.demo import load_photos
+    from wsss_fast.data.demo import SKLEARN_PHOTOS, load_photos
 
     if noise:
         images = torch.randint(0, 256, (b, 3, h, w), generator=ctx.gen, dtype=torch.uint8)
     else:
-        photos = [torch.from_numpy(p.copy()).permute(2, 0, 1) for p in load_photos()]
+        photos = [torch.from_numpy(p.copy()).permute(2, 0, 1) for p in load_photos()[:len(SKLEARN_PHOTOS)]]
         images = []
         for i in range(b):
             photo = photos[i % len(photos)]
