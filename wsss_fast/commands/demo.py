@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> None:
         from ..stages.compare import run_comparison
 
         config = config if args.seed is None else with_seed(config, args.seed)
-        run_comparison(config, args.out, rounds=args.rounds, round_images=args.round_images,
-                               force=args.force)
+        run_comparison(config, args.out, rounds=args.rounds, round_images=args.round_images, force=args.force)
         return
     if args.seeds is None:
         config = {**config, "out": str(args.out)}
