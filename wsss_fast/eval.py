@@ -225,6 +225,14 @@ class ThresholdSweep:
                 for t, conf in zip(self.thresholds, self.confusions())]
 
 
+def best_of_sweep(scores: Sequence[dict]) -> dict:
+    """The entry of a threshold sweep's scores (:meth:`ThresholdSweep.scores`
+    or a part of them) with the highest mIoU, NaN counting as lowest; the
+    first such threshold on a tie. Chosen on the ground truth it was scored
+    on."""
+    return max(scores, key=lambda r: -1.0 if math.isnan(r["miou"]) else r["miou"])
+
+
 def parse_sweep(spec: str) -> list[float]:
     """"start:stop:step" -> thresholds from start to stop inclusive, rounded
     to 10 decimals (so 0.15 is the literal 0.15)."""
@@ -539,8 +547,8 @@ def cam_maximum_histogram(cam_dir: str | os.PathLike, names: Sequence[str], *,
     (max over the image's classes of the max-normalised maps) in the CAM
     files ``cam_dir/<name>.npz``. Needs no ground truth."""
     hist = np.zeros(bins, dtype=np.int64)
-    for name in tqdm(names, desc="CAM histogram", unit="img", disable=not progress):
-        scores = load_scores(Path(cam_dir) / f"{name}.npz")
+    for _, scores in _loaded(names, lambda name: load_scores(Path(cam_dir) / f"{name}.npz"), "CAM histogram",
+                             progress):
         top = scores.data.max(axis=0) if len(scores.keys) else np.zeros(scores.data.shape[1:], np.float32)
         hist += np.histogram(np.asarray(top, dtype=np.float32), bins=bins, range=(0.0, 1.0))[0]
     return hist

@@ -117,7 +117,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_eval_cam(args: argparse.Namespace) -> None:
-    from ..eval import (REFERENCE_THRESHOLDS, class_names_for, evaluate_cam_dir, format_table,
+    from ..eval import (REFERENCE_THRESHOLDS, best_of_sweep, class_names_for, evaluate_cam_dir, format_table,
                         parse_sweep)
     from ..plots import plot_class_iou, plot_threshold_sweep
 
@@ -133,7 +133,7 @@ def run_eval_cam(args: argparse.Namespace) -> None:
                              names=_names(args), device=args.device, progress=not args.no_progress)
     results = {r["threshold"]: r for r in sweep.scores()}
     curve = [results[t] for t in sorted(set(swept))]
-    best = max(curve, key=lambda r: -1.0 if math.isnan(r["miou"]) else r["miou"])
+    best = best_of_sweep(curve)
     chosen = results[args.threshold] if args.threshold is not None else best
     print(format_table(chosen, class_names))
     print(f"threshold {chosen['threshold']:g}"
