@@ -77,6 +77,20 @@ def output_dir(text: str) -> Path:
     return Path(text)
 
 
+def json_file(text: str) -> Path:
+    """argparse ``type=`` for a JSON file to write: refused at once when it
+    is a folder or its folder cannot be created."""
+    from ..storage import output_dir_problem
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {path / 'eval.json'}")
+    problem = output_dir_problem(path.parent)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return path
+
+
 def key_value(text: str) -> tuple[str, object]:
     """argparse ``type=`` for KEY=VALUE, the value parsed as YAML (numbers,
     booleans, strings, lists)."""

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import UsageError
-from . import int_at_least
+from . import int_at_least, json_file
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def add_parser(subparsers) -> None:
                     "images whose items of the class share one sub-type.")
     p.add_argument("--run", type=Path, required=True, metavar="DIR", help="train-cls --method sccam run folder")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="the dataset it trained on")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--json", type=json_file, metavar="OUT", help="write the results as JSON")
     p.set_defaults(func=run_eval_subcategories)
 
 

@@ -7,21 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import add_split_flags, int_at_least, output_dir
-
-
-def json_file(text: str) -> Path:
-    """argparse ``type=`` for a JSON file to write: refused at once when it
-    is a folder or its folder cannot be created."""
-    from ..storage import output_dir_problem
-
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name such as {path / 'eval.json'}")
-    problem = output_dir_problem(path.parent)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return path
+from . import add_split_flags, int_at_least, json_file, output_dir
 
 
 def add_parser(subparsers) -> None:
