@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UsageError
 from . import (add_backbone_flags, add_crf_backend_flag, add_crf_stage_flags, add_device_flags,
                add_precision_flag, add_sgd_flags, add_split_flags, default_device, int_at_least,
                non_negative_float, output_dir, positive_float)
@@ -162,14 +161,6 @@ def run_rw(args: argparse.Namespace) -> None:
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)
-    if args.alpha == "auto":
-        if args.method != "psa":
-            raise UsageError("alpha: used by the psa random walk only, not by --method irn")
-        from ..storage import require_score_files
-
-        require_score_files(args.cam, names)
-        args.alpha, threshold = otsu_alpha(args.cam, names, progress=not args.no_progress)
-        print(f"rw: background exponent alpha {args.alpha:.3f}: the CAMs' Otsu threshold {threshold:.3f}")
     pad_to = args.pad_to
     if args.method == "irn":
         model, meta = load_boundary_net(args.model)
@@ -178,6 +169,12 @@ def run_rw(args: argparse.Namespace) -> None:
         model = load_affinity_net(args.model)
     settings = walk_settings(args.method, alpha=args.alpha, beta=args.beta, n_steps=args.steps,
                              border=args.border, radius=args.radius, threshold=args.threshold, pad_to=pad_to)
+    if args.alpha == "auto":  # psa only: walk_settings has refused an alpha for irn
+        from ..storage import require_score_files
+
+        require_score_files(args.cam, names)
+        settings.alpha, threshold = otsu_alpha(args.cam, names, progress=not args.no_progress)
+        print(f"rw: background exponent alpha {settings.alpha:.3f}: the CAMs' Otsu threshold {threshold:.3f}")
     device = default_device(args.device)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
                               crf=args.crf, crf_workers=args.crf_workers, crf_backend=args.crf_backend,
