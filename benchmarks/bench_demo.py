@@ -107,18 +107,17 @@ def run_compare(out: Path, seed: int, overrides: list[str]) -> dict:
 
 
 def compare_table(payload: dict) -> str:
-    """Markdown: one column per seed, then mean +- std."""
+    """Markdown: one column per seed, then mean +- std (``payload["summary"]``,
+    :func:`wsss_fast.pipeline.summarise_seeds` of the runs)."""
     runs = payload["records"]
     lines = ["| result | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean +- std |",
              "|" + " --- |" * (len(runs) + 2)]
-    for name in [row["name"] for row in runs[0]["rows"]]:
-        values = [next((row["value"] for row in r["rows"] if row["name"] == name), None) for r in runs]
-        known = [v for v in values if v is not None]
-        mean = sum(known) / len(known) if known else None
-        std = (sum((v - mean) ** 2 for v in known) / (len(known) - 1)) ** 0.5 if len(known) > 1 else None
+    for stat in payload["summary"]["rows"]:
+        values = [stat["values"][str(r["seed"])] for r in runs]  # JSON keys are strings
         cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in values)
-        stat = "-" if mean is None else f"{100 * mean:.2f}" + ("" if std is None else f" +- {100 * std:.2f}")
-        lines.append(f"| {name} | {cells} | {stat} |")
+        mean = "-" if stat["mean"] is None else f"{100 * stat['mean']:.2f}"
+        spread = "" if stat["std"] is None else f" +- {100 * stat['std']:.2f}"
+        lines.append(f"| {stat['name']} | {cells} | {mean}{spread} |")
     lines.append("| wall seconds | " + " | ".join(f"{r['wall_seconds']:.0f}" for r in runs) + " | |")
     cpu = payload["cpu"]
     lines += ["", f"{cpu['model']}, {cpu['cores_available']} cores, 2 threads; load before: "
@@ -133,16 +132,13 @@ def main_compare(args) -> None:
         result = run_compare(args.out / f"compare-seed{seed}", seed, args.overrides)
         records.append({"seed": seed, **result})
         print(f"seed {seed}: {result['wall_seconds']:.0f} s", flush=True)
-    first = [r for r in records[0]["rows"] if r["name"].startswith("SC-CAM round") and "CAM (" in r["name"]]
-    rounds = {"round0": first[0]["name"], "last": first[-1]["name"]} if first else {}
-
-    def mean_of(name):
-        return sum(next(row["value"] for row in r["rows"] if row["name"] == name) for r in records) / len(records)
-
+    summary = summarise_seeds({r["seed"]: {"table": r["rows"], "total_seconds": r["wall_seconds"]} for r in records})
+    means = {row["name"]: row["mean"] for row in summary["rows"]}
+    round_cams = [name for name in means if name.startswith("SC-CAM round") and "CAM (" in name]
     payload = {"cpu": cpu_description(), "uptime_before": before, "uptime_after": uptime(),
-               "overrides": args.overrides,
-               "sccam_last_round_at_least_round0": (mean_of(rounds["last"]) >= mean_of(rounds["round0"])
-                                                    if rounds else None)}
+               "overrides": args.overrides, "summary": summary,
+               "sccam_last_round_at_least_round0": (means[round_cams[-1]] >= means[round_cams[0]]
+                                                    if round_cams else None)}
     path = write_results("demo_compare", "cpu", records, **payload)
     print(f"wrote {path}")
     update_readme("demo-compare-cpu", compare_table(json.loads(path.read_text())))
