@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from wsss_fast.data import (CorruptImageError, CorruptImageWarning, VOCRoot, VOCSegmentation,
                             bundled_split, collate_skip_none, labels_from_mask, load_cls_labels, make_demo_data)
 from wsss_fast.data.demo import (ASSET_PATH, CLASS_NAMES, LICENSE_PATH, SUBCATEGORY_FILE, SUBTYPES, SceneConfig,
-                                  load_items, make_scene)
+                                  items_by_class, load_items, make_scene)
 from wsss_fast.errors import DataError
 from wsss_fast.palette import VOC_CLASSES
 from wsss_fast.storage import load_label_png, save_label_png
@@ -254,6 +254,20 @@ def test_demo_subtypes_are_drawn_evenly():
     assert all(0.15 < n / total < 0.25 for n in per_class.values())
     footwear = [counts[k] / per_class["footwear"] for k in SUBTYPES["footwear"]]
     assert all(0.2 < share < 0.47 for share in footwear)
+
+
+def test_demo_scene_with_precomputed_pools_is_the_same_scene():
+    """make_demo_data hands make_scene the split's item pools once; the scene is
+    the one make_scene draws when it computes them itself."""
+    images, labels = load_items("train")
+    photos = [np.random.default_rng(1).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    for seed in range(5):
+        own = make_scene(np.random.default_rng(seed), images, labels, photos, SceneConfig(size=64))
+        given = make_scene(np.random.default_rng(seed), images, labels, photos, SceneConfig(size=64),
+                           pools=items_by_class(labels))
+        np.testing.assert_array_equal(own.image, given.image)
+        np.testing.assert_array_equal(own.mask, given.mask)
+        assert own.subtypes == given.subtypes
 
 
 def test_16_bit_images_are_scaled_not_read_as_white(voc_tree):

@@ -196,6 +196,7 @@ def test_seed_summary_and_seeded_config():
     assert irn["mean"] == pytest.approx(0.42) and irn["values"][1] is None
     table = format_seed_table(result)
     assert "CAM + IRN" in table and "32.00" in table and "  -" in table
+    assert "seed 2" in table and "run 2" in format_seed_table(result, column="run {}")
 
 
 @pytest.mark.slow

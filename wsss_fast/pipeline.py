@@ -456,13 +456,14 @@ def summarise_seeds(summaries: dict[int, dict]) -> dict:
             "seconds": {seed: s["total_seconds"] for seed, s in summaries.items()}}
 
 
-def format_seed_table(result: dict) -> str:
-    """The rows of :func:`summarise_seeds` as a text table (mIoU or F-measure, in %)."""
+def format_seed_table(result: dict, column: str = "seed {}") -> str:
+    """The rows of :func:`summarise_seeds` as a text table (mIoU or F-measure,
+    in %); ``column`` formats each run's key into its column title."""
     def pct(v):
         return f"{100 * v:6.2f}" if v is not None else "     -"
 
     seeds = result["seeds"]
-    head = f"{'result':<22}" + "".join(f" {'seed ' + str(s):>8}" for s in seeds) + "     mean     std   min..max"
+    head = f"{'result':<22}" + "".join(f" {column.format(s):>8}" for s in seeds) + "     mean     std   min..max"
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(f"{r['name']:<22}" + "".join(f" {pct(r['values'][s]):>8}" for s in seeds)

@@ -158,14 +158,17 @@ class Scene(NamedTuple):
 
 
 def make_scene(rng: np.random.Generator, items: np.ndarray, item_labels: np.ndarray,
-               photos: list[np.ndarray], config: SceneConfig = SceneConfig()) -> Scene:
-    """One scene of size S = ``config.size`` (see :class:`Scene`)."""
+               photos: list[np.ndarray], config: SceneConfig = SceneConfig(), *,
+               pools: list[np.ndarray] | None = None) -> Scene:
+    """One scene of size S = ``config.size`` (see :class:`Scene`); ``pools``:
+    :func:`items_by_class` of ``item_labels`` when the caller has it (a
+    split's scenes share it)."""
     size = config.size
     image = _background(rng, photos, size, config.min_crop_frac).astype(np.float32)
     instances = np.zeros((size, size), dtype=np.uint8)  # 0 = background, k = k-th item
     classes = [0]
     subtypes = []
-    pools = items_by_class(item_labels)
+    pools = items_by_class(item_labels) if pools is None else pools
     for k in range(1, int(rng.integers(config.min_items, config.max_items + 1)) + 1):
         cls = int(rng.integers(len(pools)))
         pick = int(pools[cls][rng.integers(len(pools[cls]))])
@@ -237,11 +240,12 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_train: int = 2000, n_val: in
     written = 0
     for split, count in (("train", n_train), ("val", n_val)):
         items, item_labels = load_items(split)
+        pools = items_by_class(item_labels)
         names = [f"{split}_{i:06d}" for i in range(count)]
         for index, name in enumerate(tqdm(names, desc=f"demo {split}", unit="img",
                                           disable=not progress)):
             # Scenes are regenerated on resume too (a few ms each) for their labels and sub-types.
-            scene = make_scene(scene_rng(seed, split, index), items, item_labels, photos, config)
+            scene = make_scene(scene_rng(seed, split, index), items, item_labels, photos, config, pools=pools)
             image_path, mask_path = image_dir / f"{name}.jpg", mask_dir / f"{name}.png"
             if not (image_path.is_file() and mask_path.is_file()):
                 with atomic_output(image_path) as tmp:
