@@ -22,7 +22,8 @@ from wsss_fast.models.irn import BoundaryNet
 from wsss_fast.reference import irn as ref
 from wsss_fast.stages.ir_labels import make_ir_labels
 from wsss_fast.stages.irn import boundary_loss_fn, irn_train_config, IRNAugmentSettings, reduce_labels, train_irn
-from wsss_fast.stages.random_walk import IRNWalkSettings, propagate_irn, walk_settings
+from wsss_fast.stages.random_walk import (IRNWalkSettings, otsu_cam_threshold, propagate_irn, run_random_walk,
+                                          walk_settings)
 from wsss_fast.storage import load_label_png, load_scores, save_scores
 from wsss_fast.training import load_final
 from wsss_fast.transforms import normalize
@@ -313,8 +314,30 @@ def test_rw_irn_writes_labels_and_resumes(data, tmp_path, capsys):
     assert "rw: 1 images" in capsys.readouterr().out
 
 
+def test_rw_irn_threshold_auto_is_the_cams_otsu_threshold(data, tmp_path, capsys):
+    """--threshold auto: the background score at the Otsu threshold of the largest CAM value over
+    the split (printed), the same labels as giving that number; the API refuses it unresolved."""
+    voc, base = data
+    names = voc.split("train")
+    threshold = otsu_cam_threshold(base / "cam", names)
+    assert 0 < threshold < 1
+    assert cli.main(rw_argv(voc, base, tmp_path / "auto", "--steps", "16", "--threshold", "auto")) == 0
+    assert f"rw: background threshold {threshold:.3f}: the CAMs' Otsu threshold" in capsys.readouterr().out
+    assert cli.main(rw_argv(voc, base, tmp_path / "given", "--steps", "16", "--threshold", repr(threshold))) == 0
+    for name in names:
+        assert np.array_equal(load_label_png(tmp_path / "auto" / f"{name}.png"),
+                              load_label_png(tmp_path / "given" / f"{name}.png"))
+    net, _ = load_boundary_net(base / "net")
+    with pytest.raises(UsageError, match="threshold 'auto' needs the whole split's CAMs"):
+        run_random_walk(net, voc, names, base / "cam", tmp_path / "api", IRNWalkSettings(threshold="auto"))
+    with pytest.raises(SystemExit):
+        cli.main(rw_argv(voc, base, tmp_path / "x", "--threshold", "often"))
+    assert "argument --threshold: 'often' is not a number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--alpha", "8"], "alpha: used by the psa random walk only"),
+    (["--alpha", "auto"], "alpha: used by the psa random walk only"),
 ])
 def test_rw_irn_rejects_psa_options(data, tmp_path, capsys, extra, message):
     voc, base = data

@@ -10,7 +10,7 @@ import torch
 from test_rw_stage import rw_argv, small_net, trained  # noqa: F401  (fixture)
 from wsss_fast import cli
 from wsss_fast.eval import cam_maximum_histogram, otsu_threshold
-from wsss_fast.stages.random_walk import (WalkSettings, alpha_for_threshold, auto_steps, otsu_alpha,
+from wsss_fast.stages.random_walk import (WalkSettings, alpha_for_threshold, auto_steps, otsu_cam_threshold,
                                           propagate)
 from wsss_fast.storage import load_label_png
 
@@ -73,7 +73,8 @@ def test_auto_steps_in_the_walk(gen):
 def test_rw_alpha_auto(trained, tmp_path, capsys):  # noqa: F811
     voc, base = trained
     names = voc.split("train")
-    alpha, threshold = otsu_alpha(base / "cam", names)
+    threshold = otsu_cam_threshold(base / "cam", names)
+    alpha = alpha_for_threshold(threshold)
     hist = cam_maximum_histogram(base / "cam", names)
     assert hist.sum() == 8 * 48 * 48 and threshold == otsu_threshold(hist)
     assert cli.main(rw_argv(voc, base, tmp_path / "auto", "--alpha", "auto", "--steps", "auto")) == 0
@@ -86,4 +87,6 @@ def test_rw_alpha_auto(trained, tmp_path, capsys):  # noqa: F811
     with pytest.raises(SystemExit):
         cli.main(rw_argv(voc, base, tmp_path / "x", "--alpha", "sometimes"))
     assert "argument --alpha: 'sometimes' is not a number" in capsys.readouterr().err
+    assert cli.main(rw_argv(voc, base, tmp_path / "x", "--threshold", "auto")) == 2
+    assert "threshold: used by the irn random walk only" in capsys.readouterr().err
     assert math.isfinite(alpha)

@@ -95,8 +95,10 @@ def add_parser(subparsers) -> None:
                         "split's pixels (no ground truth; printed)")
     g = p.add_argument_group("irn only")
     g.add_argument("--radius", type=int_at_least(1), help="pair radius of the walk at stride 4 (default 5)")
-    g.add_argument("--threshold", type=non_negative_float, metavar="T",
-                   help="background score after dividing by the maximum (default 0.25)")
+    g.add_argument("--threshold", type=_threshold, metavar="T|auto",
+                   help="background score after dividing by the maximum (default 0.25, IRN's, for ResNet-50's "
+                        "CAMs), or auto: the Otsu threshold of the largest CAM value over the split's pixels "
+                        "(no ground truth; printed)")
     g.add_argument("--pad-to", type=int_at_least(0), metavar="PX",
                    help="pad images to at least PX x PX for the boundary network (default: its training crop)")
     p.add_argument("--crf", choices=("psa", "deeplab"), help="dense CRF on the propagated maps (preset)")
@@ -115,6 +117,10 @@ def _steps(text: str) -> int | str:
 
 def _alpha(text: str) -> float | str:
     return text if text == "auto" else positive_float(text)
+
+
+def _threshold(text: str) -> float | str:
+    return text if text == "auto" else non_negative_float(text)
 
 
 def run_make_labels(args: argparse.Namespace) -> None:
@@ -157,7 +163,7 @@ def run_rw(args: argparse.Namespace) -> None:
     from ..cpu import resolve_precision
     from ..data.voc import VOCRoot
     from ..models.checkpoints import load_affinity_net, load_boundary_net
-    from ..stages.random_walk import otsu_alpha, run_random_walk, walk_settings
+    from ..stages.random_walk import alpha_for_threshold, otsu_cam_threshold, run_random_walk, walk_settings
 
     voc = VOCRoot(args.voc)
     names = voc.split(args.split)
@@ -169,12 +175,17 @@ def run_rw(args: argparse.Namespace) -> None:
         model = load_affinity_net(args.model)
     settings = walk_settings(args.method, alpha=args.alpha, beta=args.beta, n_steps=args.steps,
                              border=args.border, radius=args.radius, threshold=args.threshold, pad_to=pad_to)
-    if args.alpha == "auto":  # psa only: walk_settings has refused an alpha for irn
+    if "auto" in (args.alpha, args.threshold):  # walk_settings has refused the other method's one
         from ..storage import require_score_files
 
         require_score_files(args.cam, names)
-        settings.alpha, threshold = otsu_alpha(args.cam, names, progress=not args.no_progress)
-        print(f"rw: background exponent alpha {settings.alpha:.3f}: the CAMs' Otsu threshold {threshold:.3f}")
+        threshold = otsu_cam_threshold(args.cam, names, progress=not args.no_progress)
+        if args.alpha == "auto":
+            settings.alpha = alpha_for_threshold(threshold)
+            print(f"rw: background exponent alpha {settings.alpha:.3f}: the CAMs' Otsu threshold {threshold:.3f}")
+        else:
+            settings.threshold = threshold
+            print(f"rw: background threshold {threshold:.3f}: the CAMs' Otsu threshold")
     device = default_device(args.device)
     summary = run_random_walk(model, voc, names, args.cam, args.out, settings, scores_dir=args.scores,
                               crf=args.crf, crf_workers=args.crf_workers, crf_backend=args.crf_backend,

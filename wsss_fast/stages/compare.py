@@ -32,7 +32,7 @@ IRN_STAGES = {
     "make-ir-labels": {},
     "train-irn": {"init": "@train-cls", "epochs": 3, "batch_size": 16, "crop": 96, "radius": 5,
                   "num_workers": 1},
-    "rw-irn": {"steps": "auto"},
+    "rw-irn": {"steps": "auto", "threshold": "auto"},  # IRN's 0.25 is set for ResNet-50's CAMs
     "eval-rw-irn": {},
 }
 # SC-CAM's own settings (SPEC.md: K = 10 sub-categories, lambda 5, each round from ImageNet weights).

@@ -105,31 +105,31 @@ def alpha_for_threshold(threshold: float) -> float:
     return math.log(threshold) / math.log1p(-threshold)
 
 
-def otsu_alpha(cam_dir: str | os.PathLike, names: Sequence[str], *, progress: bool = False
-               ) -> tuple[float, float]:
-    """(alpha, threshold): the Otsu threshold of the largest CAM value over
-    every pixel of ``names`` (:func:`wsss_fast.eval.otsu_threshold`, no ground
-    truth) and the background exponent that puts PSA's background at it
-    (:func:`alpha_for_threshold`). PSA's alpha 16 puts it at 0.123 (its
-    aff-label exponents 4 and 32 at 0.276 and 0.077), a level set for
-    ResNet-38's CAMs; other classifiers' CAMs split elsewhere."""
+def otsu_cam_threshold(cam_dir: str | os.PathLike, names: Sequence[str], *, progress: bool = False) -> float:
+    """The Otsu threshold of the largest CAM value over every pixel of
+    ``names`` (:func:`wsss_fast.eval.otsu_threshold`, no ground truth): where
+    these CAMs split object from background. The references' walks assume
+    their own classifiers' level: PSA's alpha 16 puts the background at 0.123
+    (:func:`alpha_for_threshold`; its aff-label exponents 4 and 32 at 0.276
+    and 0.077, ResNet-38's CAMs), IRN's background threshold is 0.25
+    (ResNet-50's CAMs); other classifiers' CAMs split elsewhere."""
     from ..eval import cam_maximum_histogram, otsu_threshold
 
-    threshold = otsu_threshold(cam_maximum_histogram(cam_dir, names, progress=progress))
-    return alpha_for_threshold(threshold), threshold
+    return otsu_threshold(cam_maximum_histogram(cam_dir, names, progress=progress))
 
 
 @dataclass
 class IRNWalkSettings:
     """IRN's make_sem_seg_labels defaults: affinity exponent ``beta`` 10,
     ``n_steps`` 256 (2^exp_times, exp_times 8) or "auto" (:func:`auto_steps`), pair ``radius`` 5,
-    background ``threshold`` 0.25 (sem_seg_bg_thres), images padded to
+    background ``threshold`` 0.25 (sem_seg_bg_thres; "auto" until the command
+    resolves it, :func:`otsu_cam_threshold`), images padded to
     ``pad_to`` (the training crop; IRN: 512) for the boundary network;
     ``border`` "all" (IRN's pairs) or "psa" (:func:`wsss_fast.ops.random_walk`)."""
     beta: float = 10.0
     n_steps: int | str = 256
     radius: int = 5
-    threshold: float = 0.25
+    threshold: float | str = 0.25
     pad_to: int = 512
     border: str = "all"
 
@@ -340,6 +340,10 @@ def run_random_walk(model: nn.Module, voc: VOCRoot, names: Sequence[str], cam_di
     Returns:
         {"written": n, "skipped": n, "seconds": s, "images_per_second": r}.
     """
+    unresolved = [k for k in ("alpha", "threshold") if getattr(settings, k, None) == AUTO]
+    if unresolved:
+        raise UsageError(f"run_random_walk: {unresolved[0]} 'auto' needs the whole split's CAMs; resolve it "
+                         "first (otsu_cam_threshold, as the rw command does)")
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
     scores_dir = Path(scores_dir) if scores_dir is not None else None
 
