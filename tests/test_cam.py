@@ -26,11 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Batched and per-image forwards differ by float32 rounding of the convolutions
 # (about 1e-6 of the largest output), which the max-normalisation of a weakly
-# activated class map magnifies by (largest output / that map's maximum): seen
-# up to 4e-5 absolute, 1.2e-4 relative on maps in [0, 1].
-ATOL, RTOL = 1e-5, 1e-3
+# activated class map magnifies by (largest output / that map's maximum). So the
+# loop test bounds each map's difference relative to that map's maximum: over
+# 500 random batches per setting (AMD EPYC, 1 thread) at most 2.8e-4 (psa-max),
+# 1.3e-4 (drs), 3e-6 (psa) and 8e-6 (unnormalised maps).
+MAP_RTOL = 1e-3
 # float16 storage adds up to half a unit in the last place: 2^-11 at 1.0.
-ATOL_STORED = 2 ** -11 + ATOL
+FLOAT16_ATOL = 2 ** -11
 
 SETTINGS = {
     "psa": resolve_settings("psa"),
@@ -52,6 +54,14 @@ def model():
     return classifier(head_scale=100.0)
 
 
+def assert_maps_close(maps, expected, atol=0.0):
+    """(K, H, W) maps within MAP_RTOL of each expected map's maximum, plus ``atol``."""
+    assert maps.shape == expected.shape
+    bound = MAP_RTOL * np.abs(expected).max(axis=(1, 2), keepdims=True) + atol
+    excess = np.abs(maps.astype(np.float64) - expected) - bound
+    assert not (excess > 0).any(), f"{(excess > 0).sum()} values beyond the bound, by up to {excess.max():.2e}"
+
+
 def random_batch(gen, n, height, width):
     images = torch.randint(0, 256, (n, 3, height, width), generator=gen, dtype=torch.uint8)
     labels = (torch.rand(n, NUM_CLASSES, generator=gen) < 0.3).float()
@@ -69,7 +79,7 @@ def test_batch_equals_per_image_loop(model, gen, name):
         expected = cam_loop(model.class_maps, normalize(image), label, settings)
         assert keys.tolist() == (label.nonzero().flatten() + 1).tolist()
         assert maps.shape == (len(keys), 37, 50)
-        np.testing.assert_allclose(maps, expected[keys - 1], atol=ATOL, rtol=RTOL)
+        assert_maps_close(maps, expected[keys - 1])
         absent = np.setdiff1d(np.arange(NUM_CLASSES), keys - 1)
         assert not expected[absent].any()  # the loop zeroes what the engine leaves out
 
@@ -174,7 +184,7 @@ def test_make_cams_matches_loop_and_keeps_label_classes(demo, model, tmp_path):
         assert stored.keys.tolist() == (item["label"].nonzero().flatten() + 1).tolist()
         assert stored.data.shape[1:] == tuple(item["image"].shape[1:])
         expected = cam_loop(model.class_maps, normalize(item["image"]), item["label"], settings)
-        np.testing.assert_allclose(stored.data, expected[stored.keys - 1], atol=ATOL_STORED, rtol=RTOL)
+        assert_maps_close(stored.data, expected[stored.keys - 1], atol=FLOAT16_ATOL)
         assert stored.data.min() >= 0 and stored.data.max() <= 1
     recorded = json.loads((tmp_path / "cam" / "provenance.json").read_text())
     assert recorded["command"] == "make-cam" and recorded["settings"]["scales"] == [1.0, 0.5]
