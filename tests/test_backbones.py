@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wsss_fast.errors import UsageError
@@ -636,3 +637,58 @@ def test_lite0_bn_is_tuned_by_default():
     bn = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
     assert bn <= {id(p) for p in groups["pretrained_weight"] + groups["pretrained_bias"]}
     assert meta("efficientnet_lite0", frozen_bn=True).frozen_bn
+
+
+def lite0_drs_blocks(model) -> dict[int, list[DRS]]:
+    """Block index -> its DRS modules, for the blocks that have any."""
+    found = {i: [m for m in block.modules() if isinstance(m, DRS)] for i, block in enumerate(model._blocks)}
+    return {i: mods for i, mods in found.items() if mods}
+
+
+def test_lite0_drs_placement_and_new_layers():
+    assert lite0_drs_blocks(meta("efficientnet_lite0")) == {}
+    learnable = meta("efficientnet_lite0", frozen_blocks=8, drs="learnable")
+    placed = lite0_drs_blocks(learnable)
+    assert sorted(placed) == [8, 9, 10] and all(len(mods) == 2 for mods in placed.values())
+    assert [m.channels for m in placed[8]] == [480, 480] and [m.channels for m in placed[10]] == [672, 672]
+    assert all(m.delta is None and m.controller is not None for mods in placed.values() for m in mods)
+    new = [n for n, _ in learnable.named_parameters() if learnable.is_new(n)]
+    assert new and all(".controller." in n for n in new) and len(new) == 6
+    assert sorted(lite0_drs_blocks(meta("efficientnet_lite0", drs="delta", drs_blocks=2))) == [9, 10]
+    every = lite0_drs_blocks(meta("efficientnet_lite0", drs="delta", delta=0.7))
+    assert sorted(every) == list(range(11)) and len(every[0]) == 1  # block 0 has no expansion
+    assert {m.delta for mods in every.values() for m in mods} == {0.7}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"drs": "soft"}, "drs must be one of"),
+    ({"drs": "learnable", "delta": 0.5}, "only used with drs='delta'"),
+    ({"drs_blocks": 2}, "needs drs="),
+    ({"drs": "delta", "delta": 1.5}, r"delta must be in \[0, 1\]"),
+    ({"drs": "learnable", "frozen_blocks": 8, "drs_blocks": 4}, r"drs_blocks must be in 1\.\.3"),
+    ({"drs": "learnable", "drs_blocks": 0}, r"drs_blocks must be in 1\.\.11"),
+])
+def test_lite0_drs_option_errors(options, message):
+    with pytest.raises(UsageError, match=message):
+        meta("efficientnet_lite0", **options)
+
+
+def test_lite0_drs_is_in_the_forward_path():
+    """With delta, the last block's depthwise activation is its ReLU6 clipped
+    at delta times each channel's maximum; delta 1 changes nothing."""
+    x = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(0)
+    plain = build_backbone("efficientnet_lite0", frozen_blocks=9).eval()
+    clipped = build_backbone("efficientnet_lite0", frozen_blocks=9, drs="delta", delta=0.3).eval()
+    identity = build_backbone("efficientnet_lite0", frozen_blocks=9, drs="delta", delta=1.0).eval()
+    clipped.load_state_dict(plain.state_dict())
+    identity.load_state_dict(plain.state_dict())
+    seen = {}
+    last = clipped._blocks[10]
+    last._bn1.register_forward_hook(lambda mod, inp, out: seen.setdefault("pre", out.clone()))
+    last._drs1.register_forward_hook(lambda mod, inp, out: seen.setdefault("out", out.clone()))
+    with torch.no_grad():
+        torch.testing.assert_close(identity(x), plain(x))
+        assert not torch.allclose(clipped(x), plain(x))
+    relu6 = F.relu6(seen["pre"])
+    torch.testing.assert_close(seen["out"], torch.minimum(relu6, 0.3 * relu6.amax((2, 3), keepdim=True)))

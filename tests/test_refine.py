@@ -12,7 +12,8 @@ from wsss_fast.stages.cam import make_cams, resolve_settings
 from wsss_fast.data import VOCSegmentation
 from wsss_fast.errors import DataError, UsageError
 from wsss_fast.models import load_cam_model, load_refine
-from wsss_fast.stages.refine import CamTargets, RefineAugment, max_mask, train_refine
+from wsss_fast.models import build_backbone
+from wsss_fast.stages.refine import CamTargets, RefineAugment, max_mask, plain_backbone_options, train_refine
 from wsss_fast.storage import load_scores, save_scores
 from wsss_fast.training import Trainer
 
@@ -39,6 +40,21 @@ def test_max_mask_keeps_only_the_per_pixel_maximum():
     expected = torch.tensor([[[0.0, 0.5], [0.0, 0.3]],
                              [[0.4, 0.5], [0.0, 0.0]]])
     assert torch.equal(max_mask(maps), expected)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("vgg16_d1", {"drs": "delta", "delta": 0.7, "drs_layers": [14, 15, 16], "extra_convs": False}),
+    ("efficientnet_lite0", {"frozen_blocks": 8, "drs": "learnable", "drs_blocks": 2}),
+    ("scratch", {"width": 4, "drs": "learnable"}),
+])
+def test_plain_backbone_options_switch_drs_off_and_build(name, options):
+    plain = plain_backbone_options(options)
+    assert plain["drs"] == "none" and not {"delta", "drs_layers", "drs_blocks"} & set(plain)
+    assert {k: v for k, v in plain.items() if k != "drs"} == {k: v for k, v in options.items()
+                                                             if k not in ("drs", "delta", "drs_layers", "drs_blocks")}
+    with torch.device("meta"):
+        backbone = build_backbone(name, **plain)
+    assert not any(".controller." in n for n, _ in backbone.named_parameters())
 
 
 def test_augment_gives_squashed_images_and_max_masked_targets(setup):

@@ -37,10 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..nn import DRS
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from .weights import load_backbone_weights
 
 BN_EPS = 1e-3
+DRS_MODES = ("none", "learnable", "delta")
+DRS_DELTA = 0.55  # the DRS paper's best constant suppression level
 STEM_CHANNELS = 32
 # (blocks, expansion, kernel, stride, channels, dilation) of the trunk's stages,
 # after removing stage 4's stride.
@@ -75,40 +78,57 @@ class SameConv2d(nn.Conv2d):
 
 class MBConvBlock(nn.Module):
     """Mobile inverted bottleneck of EfficientNet-Lite (no squeeze-excitation,
-    ReLU6)."""
+    ReLU6). ``drs`` "learnable" or "delta" follows each ReLU6 with DRS
+    (:class:`wsss_fast.nn.DRS` on its output: ``min(relu6(x), g *
+    amax_hw(relu6(x)))``), "none" (default) leaves the block as released."""
 
-    def __init__(self, cin: int, cout: int, expansion: int, kernel: int, stride: int = 1, dilation: int = 1):
+    def __init__(self, cin: int, cout: int, expansion: int, kernel: int, stride: int = 1, dilation: int = 1,
+                 drs: str = "none", delta: float = DRS_DELTA):
         super().__init__()
         mid = cin * expansion
+
+        def suppress() -> DRS | None:
+            return None if drs == "none" else DRS(mid, None if drs == "learnable" else delta)
+
         if expansion != 1:
             self._expand_conv = SameConv2d(cin, mid, 1)
             self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+            self._drs0 = suppress()
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, dilation, groups=mid)
         self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._drs1 = suppress()
         self._project_conv = SameConv2d(mid, cout, 1)
         self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
         self.expansion = expansion
         self.skip = stride == 1 and cin == cout
 
+    @staticmethod
+    def _activate(x: torch.Tensor, suppress: nn.Module | None) -> torch.Tensor:
+        x = F.relu6(x)
+        return x if suppress is None else suppress(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         if self.expansion != 1:
-            out = F.relu6(self._bn0(self._expand_conv(out)))
-        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+            out = self._activate(self._bn0(self._expand_conv(out)), self._drs0)
+        out = self._activate(self._bn1(self._depthwise_conv(out)), self._drs1)
         out = self._bn2(self._project_conv(out))
         return out + x if self.skip else out
 
 
-def build_blocks(cin: int, stages) -> tuple[list[MBConvBlock], list[int]]:
+def build_blocks(cin: int, stages, drs_from: int | None = None, drs: str = "none",
+                 delta: float = DRS_DELTA) -> tuple[list[MBConvBlock], list[int]]:
     """Blocks of ``stages`` rows (blocks, expansion, kernel, stride, channels,
     dilation) from ``cin`` channels, and the index of each stage's last block.
-    A stage's first block has its stride and the previous stage's dilation."""
+    A stage's first block has its stride and the previous stage's dilation.
+    Blocks from index ``drs_from`` on get DRS mode ``drs`` (see MBConvBlock)."""
     blocks, ends = [], []
     dilation = 1
     for count, expansion, kernel, stride, cout, stage_dilation in stages:
         for i in range(count):
+            mode = drs if drs_from is not None and len(blocks) >= drs_from else "none"
             blocks.append(MBConvBlock(cin, cout, expansion, kernel, stride if i == 0 else 1,
-                                      dilation if i == 0 else stage_dilation))
+                                      dilation if i == 0 else stage_dilation, mode, delta))
             cin = cout
         dilation = stage_dilation
         ends.append(len(blocks) - 1)
@@ -127,22 +147,45 @@ class EfficientNetLite0(Backbone):
             the early, high-resolution depthwise convolutions, so freezing
             stages 1-3 (``frozen_blocks=5``) makes fine-tuning several times
             faster; 0 (default) trains everything.
+        drs: "none" (default), or DRS after both ReLU6 of the last
+            ``drs_blocks`` blocks (the DRS paper places it after every ReLU of
+            VGG-16): "learnable" (the paper's controller; its weights are new
+            layers) or "delta" (the constant ``delta``).
+        delta: the constant suppression level with drs="delta" (default 0.55).
+        drs_blocks: how many of the last blocks get DRS (default: every
+            block that trains, 11 - ``frozen_blocks``; never a frozen one,
+            whose DRS controller would stay untrained).
 
     ``forward_stages`` returns the ends of stages 3, 4 and 5: 40, 80 and 112
     channels, all at stride 8; ``forward_pyramid`` also stage 2's end (24
     channels at stride 4) first, for IRN's boundary branch.
     """
 
-    def __init__(self, frozen_bn: bool = False, frozen_blocks: int = 0):
+    def __init__(self, frozen_bn: bool = False, frozen_blocks: int = 0, drs: str = "none",
+                 delta: float | None = None, drs_blocks: int | None = None):
         super().__init__()
         n_blocks = sum(row[0] for row in STAGES)
         if not 0 <= frozen_blocks <= n_blocks:
             raise ValueError(f"EfficientNetLite0: frozen_blocks must be in [0, {n_blocks}], got {frozen_blocks}")
+        if drs not in DRS_MODES:
+            raise UsageError(f"efficientnet_lite0: drs must be one of {', '.join(DRS_MODES)}, got {drs!r}")
+        if delta is not None and drs != "delta":
+            raise UsageError(f"efficientnet_lite0: delta is only used with drs='delta' (drs={drs!r})")
+        if drs_blocks is not None and drs == "none":
+            raise UsageError("efficientnet_lite0: drs_blocks needs drs='learnable' or drs='delta'")
+        delta = DRS_DELTA if delta is None else delta
+        if not (isinstance(delta, (int, float)) and 0.0 <= delta <= 1.0):
+            raise UsageError(f"efficientnet_lite0: delta must be in [0, 1], got {delta!r}")
+        trained = n_blocks - frozen_blocks
+        drs_blocks = trained if drs_blocks is None else drs_blocks
+        if drs != "none" and not (isinstance(drs_blocks, int) and 1 <= drs_blocks <= trained):
+            raise UsageError(f"efficientnet_lite0: drs_blocks must be in 1..{trained} (the blocks that train "
+                             f"with frozen_blocks={frozen_blocks}), got {drs_blocks!r}")
         self.frozen_bn = bool(frozen_bn)
         self.frozen_blocks = int(frozen_blocks)
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
-        blocks, ends = build_blocks(STEM_CHANNELS, STAGES)
+        blocks, ends = build_blocks(STEM_CHANNELS, STAGES, n_blocks - drs_blocks, drs, delta)
         self._blocks = nn.ModuleList(blocks)
         self._stage_ends = tuple(ends[-3:])
         self._pyramid_ends = tuple(ends[1:])  # stage 2 (stride 4) and the three stride-8 stages
@@ -168,6 +211,9 @@ class EfficientNetLite0(Backbone):
         for module in self._frozen_modules():
             module.eval()
         return self
+
+    def is_new(self, name: str) -> bool:
+        return ".controller." in name  # DRS controllers
 
     @property
     def pyramid_channels(self) -> tuple[int, ...]:
@@ -211,12 +257,14 @@ def packaged_weights_path() -> str:
 
 
 def efficientnet_lite0(weights: str | os.PathLike | None = None, frozen_bn: bool = False,
-                       frozen_blocks: int = 0) -> EfficientNetLite0:
+                       frozen_blocks: int = 0, drs: str = "none", delta: float | None = None,
+                       drs_blocks: int | None = None) -> EfficientNetLite0:
     """EfficientNet-Lite0 trunk (see :class:`EfficientNetLite0`) with
     ``weights`` "imagenet" (the packaged file), a path to a state dict in the
     same layout (later blocks, head and classifier reported as unexpected),
     or None (random initialisation)."""
-    model = EfficientNetLite0(frozen_bn=frozen_bn, frozen_blocks=frozen_blocks)
+    model = EfficientNetLite0(frozen_bn=frozen_bn, frozen_blocks=frozen_blocks, drs=drs, delta=delta,
+                              drs_blocks=drs_blocks)
     if weights is not None:
         path = packaged_weights_path() if weights == "imagenet" else weights
         load_backbone_weights(model, path, what="EfficientNet-Lite0")

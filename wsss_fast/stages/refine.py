@@ -52,12 +52,14 @@ SCHEDULES = {"paper": (15, (5, 10)), "code": (30, (10, 20))}  # epochs, 1-based 
 # DRS's code: run.sh (--epoch 30 --decay_points 10,20), models/vgg_refine.py
 # (_initialize_weights: N(0, 0.01)), utils/LoadData_refine.py (no drop_last).
 REFERENCE = {"schedule": "code", "new_layer_std": 0.01, "drop_last": False}
+DRS_ONLY_OPTIONS = ("delta", "drs_layers", "drs_blocks")  # backbone options that need drs != "none"
 
 
 def plain_backbone_options(options: dict) -> dict:
     """The classifier's backbone options with DRS switched off (``drs="none"``
-    where the backbone has a ``drs`` option)."""
-    options = dict(options)
+    where the backbone has a ``drs`` option, without the options that only
+    apply to DRS: delta, drs_layers, drs_blocks)."""
+    options = {k: v for k, v in options.items() if k not in DRS_ONLY_OPTIONS}
     if "drs" in options:
         options["drs"] = "none"
     return options
