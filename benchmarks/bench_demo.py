@@ -108,7 +108,8 @@ def run_compare(out: Path, seed: int, overrides: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / 'demo.log'}")
     wall = time.perf_counter() - start
-    stages = [(prefix, stage) for prefix, folder in (("", out / "compare"), ("sccam/", out / "compare" / "sccam"))
+    pipelines = (("", out / "compare"), ("sccam/", out / "compare" / "sccam"), ("drs/", out / "compare" / "drs"))
+    stages = [(prefix, stage) for prefix, folder in pipelines
               for stage in json.loads((folder / "summary.json").read_text())["stages"]]
     return {**json.loads((out / "compare.json").read_text()), "wall_seconds": wall,
             "stage_seconds": sum(stage["seconds"] for _, stage in stages),

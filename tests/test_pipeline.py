@@ -92,6 +92,21 @@ def test_demo_compare(tmp_path, capsys):
     table = json.loads((out / "compare.json").read_text())
     names = [row["name"] for row in table["rows"]]
     assert names[:4] == ["CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN"]
+    drs = ["DRS CAM", "CAM + saliency", "Saliency max F (make-saliency)", "DRS + saliency",
+           "DRS-dagger + saliency", "DRS-dagger pseudo labels (saliency)"]
+    assert names[names.index("DRS CAM"):][:6] == drs
+    values = {row["name"]: row["value"] for row in table["rows"]}
+    assert all(0 <= values[name] <= 1 for name in drs)
+    # DRS: the demo classifier with learnable DRS, its refinement from the classifier's backbone
+    # (a scratch backbone has no ImageNet weights), DRS's squares, labels by the saliency rule
+    drs_dir = out / "compare" / "drs"
+    options = json.loads((drs_dir / "train-cls" / "stage.json").read_text())["options"]
+    assert options["--method"] == ["drs"] and 'drs="learnable"' in options["--backbone-option"]
+    refine = json.loads((drs_dir / "train-refine" / "stage.json").read_text())["options"]
+    assert refine["--init"] == ["classifier"] and refine["--classifier"] == ["$OUT/train-cls"]
+    labels = json.loads((drs_dir / "make-labels" / "stage.json").read_text())["options"]
+    assert labels["--cam"] == ["$OUT/make-cam-refined"] and labels["--saliency"] == ["$OUT/make-saliency"]
+    assert "DRS-dagger + saliency" in printed
     assert names[-3:] == ["SC-CAM round 0 CAM (6 train images)", "SC-CAM round 1 CAM (6 train images)",
                           "SC-CAM round 1 clusters (round 0) purity"]
     purity = table["rows"][-1]

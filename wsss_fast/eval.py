@@ -41,6 +41,7 @@ from .parallel import ordered_map
 from .storage import ScoreMap, load_label_png, load_scores
 
 REFERENCE_THRESHOLDS = (0.15, 0.2, 0.25)  # SC-CAM / IRN CAMs, PSA, IRN after random walk
+CAM_SWEEP = "0:0.6:0.01"  # eval-cam's background thresholds (START:STOP:STEP)
 VOID_PRED_MODES = ("background", "exclude")
 
 
@@ -231,6 +232,20 @@ def best_of_sweep(scores: Sequence[dict]) -> dict:
     first such threshold on a tie. Chosen on the ground truth it was scored
     on."""
     return max(scores, key=lambda r: -1.0 if math.isnan(r["miou"]) else r["miou"])
+
+
+def cam_sweep_summary(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes: int,
+                      names: Sequence[str] | None = None) -> dict:
+    """eval-cam's figures of a CAM folder: {"best": the best mIoU over
+    :data:`CAM_SWEEP`, "threshold": its threshold (chosen on this ground
+    truth), "fixed": {"0.15": mIoU, ...} at :data:`REFERENCE_THRESHOLDS`}."""
+    sweep = evaluate_cam_dir(cam_dir, gt_dir, num_classes, names=names, progress=False,
+                             thresholds=parse_sweep(CAM_SWEEP) + list(REFERENCE_THRESHOLDS))
+    scores = sweep.scores()
+    best = best_of_sweep(scores)
+    miou = {s["threshold"]: s["miou"] for s in scores}
+    return {"best": best["miou"], "threshold": best["threshold"],
+            "fixed": {f"{t:g}": miou[t] for t in REFERENCE_THRESHOLDS}}
 
 
 def parse_sweep(spec: str) -> list[float]:

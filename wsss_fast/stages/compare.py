@@ -16,6 +16,16 @@ random-walk pseudo labels on the training split (the CAMs are the same);
 SC-CAM, the CAM mIoU of every round's classifier (on the first N training
 images, the same for every round) and the purity of the clusters each round
 trained on against the hidden sub-types (:mod:`.subcategory_purity`).
+
+DRS, in ``OUT/compare/drs`` (a pipeline of its own): the demo classifier
+with learnable DRS in the blocks it trains (same backbone, data and
+optimisation, so only the method differs), its CAMs by DRS's procedure
+(squares fused by maximum), classical saliency maps (``make-saliency``, no
+labels) and their max F, and as DRS's paper measures them on the training
+split: the CAMs and the refined maps (DRS-dagger, ``train-refine``) with
+the saliency background, and the pseudo labels of DRS's rule. Beside them,
+for the same footing: DRS's CAMs at the best background threshold (as the
+"CAM" row) and the pipeline's CAMs with the saliency background.
 """
 from __future__ import annotations
 
@@ -38,6 +48,25 @@ IRN_STAGES = {
 # SC-CAM's own settings (SPEC.md: K = 10 sub-categories, lambda 5, each round from ImageNet weights).
 SCCAM = {"subcategories": 10, "sub_weight": 5, "init_from": "imagenet"}
 PIPELINE_ROWS = ("CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN", "DeepLab", "DeepLab + CRF")
+# DRS on the demo (SPEC.md "DRS"). The classifier: the demo's, with DRS (its preset's step schedule
+# would not decay within the demo's epochs, so the demo's poly schedule, without Nesterov).
+DRS_CLASSIFIER = {"method": "drs", "schedule": "poly", "nesterov": False}
+# DRS infers on squares of 0.8 / 1 / 1.2 times its 320 px crop; the demo's images are 128 px.
+DRS_SIZES = [96, 128, 160]
+DRS_STAGES = {
+    "make-cam": {"sizes": DRS_SIZES},
+    "make-saliency": {},
+    "eval-saliency": {},
+    "eval-cam": {"saliency": "@make-saliency"},
+    # the paper's 15 epochs (lr x0.1 from the 5th and 10th) cut to 4, decays at the same fractions
+    "train-refine": {"epochs": 4, "decay_at": [2, 3], "size": 128, "workers": 1},
+    "make-cam-refined": {"sizes": DRS_SIZES},
+    "eval-cam-refined": {"saliency": "@make-saliency"},
+    "make-labels": {"saliency": "@make-saliency"},
+    "eval-labels": {},
+}
+DRS_ROWS = {"Saliency max F": "Saliency max F (make-saliency)", "CAM": "DRS + saliency",
+            "CAM (refined)": "DRS-dagger + saliency", "CAM pseudo labels": "DRS-dagger pseudo labels (saliency)"}
 
 
 def comparison_config(config: dict, out: Path) -> dict:
@@ -59,6 +88,43 @@ def sccam_config(config: dict, out: Path, round0: Path, rounds: int) -> dict:
             "out": str(out), "stages": {"train-cls": base}}
 
 
+def drs_config(config: dict, out: Path) -> dict:
+    """A pipeline config of DRS's stages (:data:`DRS_STAGES`) writing to
+    ``out``, its classifier the demo's with learnable DRS in every block it
+    trains; the refinement network starts from the classifier's pretrained
+    weights (DRS: ImageNet) or, with none, from the classifier's backbone,
+    and is seeded as the classifier."""
+    classifier = dict((config.get("stages") or {})["train-cls"])
+    options = {**(classifier.get("backbone_option") or {}), "drs": "learnable"}
+    classifier.update(DRS_CLASSIFIER, backbone_option=options)
+    stages = {"train-cls": classifier, **copy.deepcopy(DRS_STAGES)}
+    refine = stages["train-refine"]
+    refine.update({"weights": classifier["weights"]} if classifier.get("weights") else {"init": "classifier"})
+    if "seed" in classifier:
+        refine["seed"] = classifier["seed"]
+    return {**{k: v for k, v in config.items() if k not in ("stages", "out", "pseudo_labels")},
+            "out": str(out), "eval_split": config.get("train_split", "train"), "stages": stages}
+
+
+def drs_rows(summary: dict, cams: Path, drs_dir: Path, voc_root: str, names: list[str]) -> list[dict]:
+    """The DRS rows (module docstring): the pipeline's, renamed by
+    :data:`DRS_ROWS`, then DRS's CAMs at the best threshold and the
+    pipeline's CAMs ``cams`` with the saliency background, over ``names``."""
+    from ..data.voc import VOCRoot
+    from ..eval import cam_sweep_summary
+    from .labels import evaluate_with_saliency
+
+    voc = VOCRoot(voc_root)
+    gt, num_classes = voc.mask_dirs[0], voc.num_classes + 1
+    drs_cams = cam_sweep_summary(drs_dir / "make-cam", gt, num_classes, names)
+    with_saliency = evaluate_with_saliency(cams, drs_dir / "make-saliency", gt, num_classes, names=names,
+                                           progress=False)
+    return [{"name": "DRS CAM", "value": drs_cams["best"], "threshold": drs_cams["threshold"],
+             "fixed": drs_cams["fixed"]},
+            {"name": "CAM + saliency", "value": with_saliency["miou"]},
+            *({"name": DRS_ROWS[r["name"]], "value": r["value"]} for r in summary["table"] if r["name"] in DRS_ROWS)]
+
+
 def run_comparison(config: dict, out: str | Path, *, rounds: int = 2, round_images: int = 500,
                    force: list[str] | tuple = ()) -> dict:
     """Runs the comparison (module docstring); prints and returns the table."""
@@ -69,9 +135,11 @@ def run_comparison(config: dict, out: str | Path, *, rounds: int = 2, round_imag
     summary = run_pipeline(comparison_config(config, out), force=force)
     if summary is None:  # not rank 0
         return {}
-    sccam_dir = out / "sccam"
+    sccam_dir, drs_dir = out / "sccam", out / "drs"
     run_pipeline(sccam_config(config, sccam_dir, out / "train-cls", rounds))
-    names = VOCRoot(config["voc"]).split(config.get("train_split", "train"))[:round_images]
+    drs_summary = run_pipeline(drs_config(config, drs_dir))
+    train_names = VOCRoot(config["voc"]).split(config.get("train_split", "train"))
+    names = train_names[:round_images]
     models = [(0, out / "train-cls" / FINAL)] + [(r, path) for r, path in round_models(sccam_dir / "train-cls")
                                                    if r > 0]
     cams = cam_miou_per_round(models, config["voc"], names, sccam_dir / "round-cams",
@@ -79,6 +147,7 @@ def run_comparison(config: dict, out: str | Path, *, rounds: int = 2, round_imag
     purity = purity_per_round(sccam_dir / "train-cls", config["voc"])
     rows = [{"name": r["name"], "value": r.get("value", r.get("miou"))} for r in summary["table"]
             if r["name"] in PIPELINE_ROWS]
+    rows += drs_rows(drs_summary, out / "make-cam", drs_dir, config["voc"], train_names)
     for r, scores in cams.items():
         rows.append({"name": f"SC-CAM round {r} CAM ({len(names)} train images)", "value": scores["best"],
                      "threshold": scores["threshold"], "fixed": scores["fixed"]})

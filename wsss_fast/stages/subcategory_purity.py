@@ -120,7 +120,7 @@ def cam_miou_per_round(models: list[tuple[int, Path]], voc_root: str | os.PathLi
     Returns {r: {"best": mIoU, "threshold": its threshold (chosen on this
     ground truth), "fixed": {"0.15": mIoU, ...}}}."""
     from ..data import VOCRoot, VOCSegmentation
-    from ..eval import REFERENCE_THRESHOLDS, best_of_sweep, evaluate_cam_dir, parse_sweep
+    from ..eval import cam_sweep_summary
     from ..models import load_cam_model
     from .cam import make_cams, resolve_settings
 
@@ -134,12 +134,5 @@ def cam_miou_per_round(models: list[tuple[int, Path]], voc_root: str | os.PathLi
         cams = Path(out_dir) / f"round{r}"
         make_cams(model, dataset, cams, resolve_settings("psa"), device=device, precision=precision,
                   num_workers=1, progress=progress, inputs={"model": model_path})
-        sweep = evaluate_cam_dir(cams, voc.mask_dirs[0], voc.num_classes + 1,
-                                 thresholds=parse_sweep("0:0.6:0.01") + list(REFERENCE_THRESHOLDS),
-                                 names=names, progress=False)
-        scores = sweep.scores()
-        best = best_of_sweep(scores)
-        miou = {s["threshold"]: s["miou"] for s in scores}
-        result[r] = {"best": best["miou"], "threshold": best["threshold"],
-                     "fixed": {f"{t:g}": miou[t] for t in REFERENCE_THRESHOLDS}}
+        result[r] = cam_sweep_summary(cams, voc.mask_dirs[0], voc.num_classes + 1, names)
     return result
