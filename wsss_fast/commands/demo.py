@@ -30,11 +30,13 @@ def add_parser(subparsers) -> None:
     seeds.add_argument("--seeds", type=_seeds, metavar="S,S,...",
                        help="comma-separated seeds: one run per seed (at least 2), then mean and spread")
     p.add_argument("--compare", action="store_true",
-                   help="also run and compare the references' alternatives on the same data (about 30 "
+                   help="also run and compare the references' alternatives on the same data (about 40 "
                         "minutes on 2 cores): the pipeline with IRN's boundary random walk beside PSA's in "
-                        "OUT/compare, and SC-CAM rounds starting from its classifier as round 0 in "
-                        "OUT/compare/sccam, each round's CAM mIoU and the purity of its sub-category "
-                        "clusters against the hidden sub-types; one table, OUT/compare.json")
+                        "OUT/compare, SC-CAM rounds starting from its classifier as round 0 in "
+                        "OUT/compare/sccam (each round's CAM mIoU and the purity of its sub-category "
+                        "clusters against the hidden sub-types), and DRS in OUT/compare/drs (its CAMs and "
+                        "its refinement, DRS-dagger, with the background of make-saliency's maps, and its "
+                        "pseudo labels); one table, OUT/compare.json")
     p.add_argument("--rounds", type=int_at_least(1), default=2, metavar="R",
                    help="with --compare: SC-CAM rounds after round 0 (default 2)")
     p.add_argument("--round-images", type=int_at_least(1), default=500, metavar="N",

@@ -27,7 +27,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--init", choices=("imagenet", "classifier"), default="imagenet",
                    help="backbone initialisation: ImageNet weights from --weights (default, as the "
                         "reference) or the classifier's backbone")
-    p.add_argument("--weights", type=Path, metavar="FILE", help="ImageNet weights for --init imagenet")
+    p.add_argument("--weights", metavar="FILE",
+                   help="ImageNet weights for --init imagenet (a .pth file; 'imagenet' for efficientnet_lite0's "
+                        "packaged weights)")
     p.add_argument("--schedule", choices=("paper", "code"),
                    help="paper: 15 epochs, lr x0.1 from epochs 5 and 10 (default); code: 30 epochs, "
                         "from 10 and 20 (DRS's run.sh)")
