@@ -250,7 +250,7 @@ def test_load_classifier_round_trip_and_errors(model, tmp_path):
     with pytest.raises(UsageError, match="plain.pt is not a wsss-fast trained model"):
         load_classifier(tmp_path / "plain.pt")
     other = classifier(width=8)
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     payload["model"] = other.state_dict()
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(UsageError, match="mismatch.pt: its weights do not fit"):

@@ -175,7 +175,7 @@ def test_train_seg_lowers_the_loss_and_resumes_exactly(demo, trained, tmp_path, 
     epochs = [json.loads(line) for line in (trained / LOG).read_text().splitlines()]
     losses = [r["loss"] for r in epochs if r["event"] == "epoch"]
     assert len(losses) == 2 and losses[1] < losses[0]
-    payload = torch.load(trained / FINAL, weights_only=False)
+    payload = torch.load(trained / FINAL, weights_only=True)
     assert payload["metadata"] == {"kind": "segmentation", "backbone": "scratch",
                                    "backbone_options": {"width": 4}, "head": "aspp",
                                    "num_classes": NUM_CLASSES, "class_names": list(VOCRoot(demo).class_names)}
@@ -194,7 +194,7 @@ def test_train_seg_lowers_the_loss_and_resumes_exactly(demo, trained, tmp_path, 
     assert not (out / FINAL).exists()
     assert cli.main(train_args(demo, out)) == 2  # a run is there: --resume or another folder
     assert cli.main(train_args(demo, out, "--resume")) == 0
-    resumed = torch.load(out / FINAL, weights_only=False)["model"]
+    resumed = torch.load(out / FINAL, weights_only=True)["model"]
     assert resumed.keys() == payload["model"].keys()
     assert all(torch.equal(resumed[k], payload["model"][k]) for k in resumed)
 

@@ -121,8 +121,8 @@ def test_two_processes_train_like_one(voc, tmp_path):
     assert (start2["processes"], start2["batch_per_process"]) == (2, 4)
     assert len(one) == len(two) == 2 and one[0] != one[1]
     assert two == pytest.approx(one, rel=LOSS_RTOL)
-    w1 = torch.load(tmp_path / "one" / FINAL, weights_only=False)["model"]
-    w2 = torch.load(tmp_path / "two" / FINAL, weights_only=False)["model"]
+    w1 = torch.load(tmp_path / "one" / FINAL, weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two" / FINAL, weights_only=True)["model"]
     assert w1.keys() == w2.keys()
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)

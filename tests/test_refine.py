@@ -78,7 +78,7 @@ def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path, monke
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines())
               if r["event"] == "epoch"]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    payload = torch.load(straight, weights_only=False)
+    payload = torch.load(straight, weights_only=True)
     assert payload["metadata"]["kind"] == "refine" and payload["metadata"]["backbone"] == "scratch"
     assert tuple(payload["config"]["milestones"]) == (2,) and payload["config"]["optimizer"] == "adam"
 
@@ -99,7 +99,7 @@ def test_train_refine_lowers_the_loss_and_resumes_exactly(setup, tmp_path, monke
         train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), **FAST)
     resumed = train_refine(cls, demo, "train", cam_dir, tmp_path / "b", epochs=3, decay_at=(3,), resume=True,
                            **FAST)
-    a, b = torch.load(straight, weights_only=False)["model"], torch.load(resumed, weights_only=False)["model"]
+    a, b = torch.load(straight, weights_only=True)["model"], torch.load(resumed, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # make-cam reads the refinement network: raw maps, fused, clamped at 0
@@ -118,7 +118,7 @@ def test_init_from_classifier_copies_the_backbone(setup):
 
     _, cls, _ = setup
     net, meta = build_refine_net(cls, "classifier", None)
-    source = torch.load(cls, weights_only=False)["model"]
+    source = torch.load(cls, weights_only=True)["model"]
     assert all(torch.equal(v, source[f"backbone.{k}"]) for k, v in net.backbone.state_dict().items())
     assert meta["init"] == "classifier" and meta["method"] == "drs"
 
