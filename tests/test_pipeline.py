@@ -92,9 +92,9 @@ def test_demo_compare(tmp_path, capsys):
     table = json.loads((out / "compare.json").read_text())
     names = [row["name"] for row in table["rows"]]
     assert names[:4] == ["CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN"]
-    drs = ["DRS CAM", "CAM + saliency", "Saliency max F (make-saliency)", "DRS + saliency",
+    drs = ["DRS CAM", "DRS-dagger maps", "CAM + saliency", "Saliency max F (make-saliency)", "DRS + saliency",
            "DRS-dagger + saliency", "DRS-dagger pseudo labels (saliency)"]
-    assert names[names.index("DRS CAM"):][:6] == drs
+    assert names[names.index("DRS CAM"):][:7] == drs
     values = {row["name"]: row["value"] for row in table["rows"]}
     assert all(0 <= values[name] <= 1 for name in drs)
     # DRS: the demo classifier with learnable DRS, its refinement from the classifier's backbone

@@ -24,8 +24,9 @@ optimisation, so only the method differs), its CAMs by DRS's procedure
 labels) and their max F, and as DRS's paper measures them on the training
 split: the CAMs and the refined maps (DRS-dagger, ``train-refine``) with
 the saliency background, and the pseudo labels of DRS's rule. Beside them,
-for the same footing: DRS's CAMs at the best background threshold (as the
-"CAM" row) and the pipeline's CAMs with the saliency background.
+for the same footing: DRS's CAMs and refined maps at their best background
+threshold (as the "CAM" row) and the pipeline's CAMs with the saliency
+background.
 """
 from __future__ import annotations
 
@@ -107,20 +108,22 @@ def drs_config(config: dict, out: Path) -> dict:
 
 
 def drs_rows(summary: dict, cams: Path, drs_dir: Path, voc_root: str, names: list[str]) -> list[dict]:
-    """The DRS rows (module docstring): the pipeline's, renamed by
-    :data:`DRS_ROWS`, then DRS's CAMs at the best threshold and the
-    pipeline's CAMs ``cams`` with the saliency background, over ``names``."""
+    """The DRS rows (module docstring) over ``names``: DRS's CAMs and refined
+    maps at their best background threshold, the pipeline's CAMs ``cams``
+    with the saliency background, then the DRS pipeline's rows renamed by
+    :data:`DRS_ROWS`."""
     from ..data.voc import VOCRoot
     from ..eval import cam_sweep_summary
     from .labels import evaluate_with_saliency
 
     voc = VOCRoot(voc_root)
     gt, num_classes = voc.mask_dirs[0], voc.num_classes + 1
-    drs_cams = cam_sweep_summary(drs_dir / "make-cam", gt, num_classes, names)
+    swept = [(title, cam_sweep_summary(drs_dir / folder, gt, num_classes, names))
+             for title, folder in (("DRS CAM", "make-cam"), ("DRS-dagger maps", "make-cam-refined"))]
     with_saliency = evaluate_with_saliency(cams, drs_dir / "make-saliency", gt, num_classes, names=names,
                                            progress=False)
-    return [{"name": "DRS CAM", "value": drs_cams["best"], "threshold": drs_cams["threshold"],
-             "fixed": drs_cams["fixed"]},
+    return [*({"name": title, "value": s["best"], "threshold": s["threshold"], "fixed": s["fixed"]}
+              for title, s in swept),
             {"name": "CAM + saliency", "value": with_saliency["miou"]},
             *({"name": DRS_ROWS[r["name"]], "value": r["value"]} for r in summary["table"] if r["name"] in DRS_ROWS)]
 
