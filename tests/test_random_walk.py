@@ -483,9 +483,13 @@ def test_random_walk_in_chunks_equals_one_call_cuda():
     assert torch.equal(ops.random_walk(cam, aff, 5, 8.0, 200, "all"), whole)
 
 
+# One thread: the test is about the chunks (Ctrl-C is seen between operator calls); with
+# torch's threads on cores another job also uses, OpenMP's barriers can stretch a chunk
+# past the timeout (seen once in CI).
 WALK_FOREVER = """
 import torch
 from wsss_fast import ops
+torch.set_num_threads(1)
 cam, aff = torch.rand(1, 21, 64, 64), torch.rand(1, ops.pair_offsets(5).shape[0], 64, 64)
 print("walking", flush=True)
 try:

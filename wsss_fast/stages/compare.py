@@ -52,7 +52,8 @@ PIPELINE_ROWS = ("CAM", "CAM + RW", "CAM + RW + CRF", "CAM + IRN", "DeepLab", "D
 # DRS on the demo (SPEC.md "DRS"). The classifier: the demo's, with DRS (its preset's step schedule
 # would not decay within the demo's epochs, so the demo's poly schedule, without Nesterov).
 DRS_CLASSIFIER = {"method": "drs", "schedule": "poly", "nesterov": False}
-# DRS infers on squares of 0.8 / 1 / 1.2 times its 320 px crop; the demo's images are 128 px.
+# DRS infers on squares of 256 / 320 / 384 px (0.8 / 1 / 1.2 x its 320 px crop); here 0.75 / 1 / 1.25 x
+# the demo's 128 px images.
 DRS_SIZES = [96, 128, 160]
 DRS_STAGES = {
     "make-cam": {"sizes": DRS_SIZES},
