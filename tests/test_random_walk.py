@@ -483,13 +483,14 @@ def test_random_walk_in_chunks_equals_one_call_cuda():
     assert torch.equal(ops.random_walk(cam, aff, 5, 8.0, 200, "all"), whole)
 
 
-# One thread: the test is about the chunks (Ctrl-C is seen between operator calls); with
-# torch's threads on cores another job also uses, OpenMP's barriers can stretch a chunk
-# past the timeout (seen once in CI).
+# The child restores Python's Ctrl-C handler: a process started in the background by a
+# non-interactive shell (e.g. `make test &`) inherits SIGINT ignored, and Python then installs
+# no KeyboardInterrupt handler at all.
 WALK_FOREVER = """
+import signal
 import torch
 from wsss_fast import ops
-torch.set_num_threads(1)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 cam, aff = torch.rand(1, 21, 64, 64), torch.rand(1, ops.pair_offsets(5).shape[0], 64, 64)
 print("walking", flush=True)
 try:
