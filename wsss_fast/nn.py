@@ -9,6 +9,9 @@ from torch import nn
 
 from . import ops
 
+DRS_MODES = ("none", "learnable", "delta")  # a backbone's drs option: ReLU, controller, constant
+DRS_DELTA = 0.55  # the DRS paper's best constant suppression level
+
 
 class DRS(nn.Module):
     """Discriminative region suppression, a drop-in replacement for ``nn.ReLU``.

@@ -37,13 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..nn import DRS
+from ..nn import DRS, DRS_DELTA, DRS_MODES
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from .weights import load_backbone_weights
 
 BN_EPS = 1e-3
-DRS_MODES = ("none", "learnable", "delta")
-DRS_DELTA = 0.55  # the DRS paper's best constant suppression level
 STEM_CHANNELS = 32
 # (blocks, expansion, kernel, stride, channels, dilation) of the trunk's stages,
 # after removing stage 4's stride.

@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import DRS
+from ..nn import DRS, DRS_DELTA, DRS_MODES
 from .backbone import Backbone
-
-DRS_MODES = ("none", "learnable", "delta")
 
 
 def _conv_bn_act(cin: int, cout: int, stride: int = 1, dilation: int = 1, *, drs: str = "none",
-                 delta: float = 0.55) -> nn.Sequential:
+                 delta: float = DRS_DELTA) -> nn.Sequential:
     if drs == "none":
         act = nn.ReLU(inplace=True)
     else:
@@ -36,7 +34,7 @@ class ScratchCNN(Backbone):
             multi-process tests compare runs exactly).
     """
 
-    def __init__(self, width: int = 32, drs: str = "none", delta: float = 0.55, frozen_bn: bool = False):
+    def __init__(self, width: int = 32, drs: str = "none", delta: float = DRS_DELTA, frozen_bn: bool = False):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ScratchCNN: width must be a positive int, got {width!r}")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..nn import DRS
+from ..nn import DRS, DRS_DELTA, DRS_MODES
 from .backbone import Backbone
 from .weights import load_backbone_weights
 
@@ -38,8 +38,6 @@ from .weights import load_backbone_weights
 _BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 _EXTRA_CONVS = 3
 NUM_ACTIVATIONS = sum(map(len, _BLOCKS)) + _EXTRA_CONVS  # 16
-DRS_MODES = ("learnable", "delta", "none")
-DEFAULT_DELTA = 0.55
 
 
 def _conv_init(conv: nn.Conv2d) -> None:
@@ -98,7 +96,7 @@ class VGG16D1(Backbone):
         if drs == "none" and drs_layers is not None:
             raise UsageError("vgg16_d1: drs_layers needs drs='learnable' or 'delta'")
         if drs == "delta":
-            delta = DEFAULT_DELTA if delta is None else delta
+            delta = DRS_DELTA if delta is None else delta
             if not isinstance(delta, (int, float)) or not (math.isfinite(delta) and 0.0 <= delta <= 1.0):
                 raise UsageError(f"vgg16_d1: delta must be in [0, 1], got {delta!r}")
         layers = frozenset() if drs == "none" else (
