@@ -20,7 +20,7 @@ from wsss_fast.data.voc import VOCRoot
 from wsss_fast.errors import UsageError
 from wsss_fast.inference import batches_by_size
 from wsss_fast.models import Backbone, build_backbone
-from wsss_fast.models.deeplab import ASPP, DeepLab, LargeFOV, segmentation_loss
+from wsss_fast.models.deeplab import ASPP, DeepLab, DecoderHead, LargeFOV, segmentation_loss
 from wsss_fast.models.checkpoints import load_deeplab
 from wsss_fast.stages.segment import segment_split
 from wsss_fast.storage import load_label_png, save_label_png
@@ -76,6 +76,37 @@ class TinyPretrained(Backbone):
 def test_heads_give_stride_8_logits(head):
     model = DeepLab(build_backbone("scratch", width=4), 5, head).eval()
     assert model(torch.randn(2, 3, 41, 57)).shape == (2, 5, 6, 8)
+
+
+@pytest.mark.parametrize("backbone", ["scratch", "efficientnet_lite0"])
+def test_decoder_head_gives_stride_4_logits_from_the_pyramid(backbone):
+    torch.manual_seed(0)
+    net = build_backbone(backbone, **({"width": 4} if backbone == "scratch" else {}))
+    model = DeepLab(net, 5, "decoder", rates=(1, 2)).eval()
+    head = model.head
+    assert isinstance(head, DecoderHead) and [c.dilation for c in head.aspp.branches] == [(1, 1), (2, 2)]
+    assert all(c.bias is None for c in head.aspp.branches)
+    x = torch.randn(2, 3, 41, 57)
+    with torch.no_grad():
+        assert torch.equal(model(x), torch.zeros(2, 5, 11, 15))  # zero-initialised classifier: all classes equal
+        nn.init.normal_(head.classifier.weight)
+        maps = net.forward_pyramid(x)
+        context = F.interpolate(F.relu(head.aspp_norm[0](sum(
+            F.conv2d(maps[-1], c.weight, padding=c.padding, dilation=c.dilation) for c in head.aspp.branches))),
+            size=maps[0].shape[-2:], mode="bilinear", align_corners=False)
+        expected = head.classifier(head.fuse(torch.cat([context, head.fine(maps[0])], 1)))
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    groups = model.param_groups()  # scratch's backbone is new as well
+    assert {id(p) for p in head.parameters()} <= {id(p) for p in groups["new_weight"] + groups["new_bias"]}
+
+
+def test_heads_refuse_what_they_cannot_build():
+    with pytest.raises(ValueError, match="pyramid starts finer than its stride-8 output"):
+        DeepLab(TinyPretrained(), 4, "decoder")
+    with pytest.raises(ValueError, match="largefov head has no ASPP rates"):
+        DeepLab(build_backbone("scratch", width=4), 4, "largefov", rates=(1, 2))
+    with pytest.raises(ValueError, match="integers >= 1"):
+        ASPP(8, 3, (0, 2))
 
 
 def test_largefov_on_vgg16_conv5_and_aspp_on_resnet101():
@@ -177,7 +208,7 @@ def test_train_seg_lowers_the_loss_and_resumes_exactly(demo, trained, tmp_path, 
     assert len(losses) == 2 and losses[1] < losses[0]
     payload = torch.load(trained / FINAL, weights_only=True)
     assert payload["metadata"] == {"kind": "segmentation", "backbone": "scratch",
-                                   "backbone_options": {"width": 4}, "head": "aspp",
+                                   "backbone_options": {"width": 4}, "head": "aspp", "aspp_rates": [6, 12, 18, 24],
                                    "num_classes": NUM_CLASSES, "class_names": list(VOCRoot(demo).class_names)}
 
     save = Trainer._save_checkpoint
@@ -206,6 +237,42 @@ def test_largefov_trains_and_segments(demo, tmp_path):
     assert meta["head"] == "largefov" and isinstance(model.head, LargeFOV)
     assert cli.main(infer_args(run, demo, tmp_path / "pred", "--no-eval")) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 8
+
+
+def test_decoder_head_trains_and_its_rates_travel_with_the_checkpoint(demo, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(train_args(demo, run, "--head", "decoder", "--aspp-rates", "1,2,3", "--epochs", "1")) == 0
+    model, meta = load_deeplab(run)
+    assert meta["head"] == "decoder" and meta["aspp_rates"] == [1, 2, 3] and isinstance(model.head, DecoderHead)
+    assert [c.dilation[0] for c in model.head.aspp.branches] == [1, 2, 3]
+    assert cli.main(infer_args(run, demo, tmp_path / "pred", "--no-eval")) == 0
+    labels = [load_label_png(p) for p in (tmp_path / "pred").glob("*.png")]
+    assert len(labels) == 8 and all(lab.shape == (48, 48) for lab in labels)
+    capsys.readouterr()
+    assert cli.main(train_args(demo, tmp_path / "b", "--head", "largefov", "--aspp-rates", "1,2")) == 2
+    assert "largefov has none" in capsys.readouterr().err
+
+
+def test_channels_last_changes_the_memory_order_not_the_values(demo, tmp_path, monkeypatch):
+    import wsss_fast.stages.segment.train as seg_train
+    formats, losses = [], []
+
+    def recording_loss(logits, target, at="image"):
+        formats.append(logits.is_contiguous(memory_format=torch.channels_last))
+        losses.append(segmentation_loss(logits, target, at))
+        return losses[-1]
+
+    monkeypatch.setattr(seg_train, "segmentation_loss", recording_loss)
+    flags = ("--head", "decoder", "--aspp-rates", "1,2", "--epochs", "1")
+    assert cli.main(train_args(demo, tmp_path / "plain", *flags)) == 0
+    assert cli.main(train_args(demo, tmp_path / "cl", *flags, "--channels-last")) == 0
+    assert formats == [False] * 6 + [True] * 6  # 24 images in batches of 4
+    # Same initial weights and first batch: the first losses differ by float rounding only (the
+    # weights then drift apart by rounding through BatchNorm and SGD, as any two summation orders).
+    assert abs(losses[6].item() - losses[0].item()) <= 1e-5 * losses[0].item()
+    fast = torch.load(tmp_path / "cl" / FINAL, weights_only=True)
+    assert fast["config"]["channels_last"]
+    assert load_deeplab(tmp_path / "cl")[0].head.classifier.weight.is_contiguous()  # loads as any checkpoint
 
 
 def test_iterations_override_epochs(demo, tmp_path):
@@ -312,7 +379,8 @@ def test_train_seg_errors_name_the_problem(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--scale-range", "1.5,0.5"], ["--scale-range", "1"], ["--iterations", "0"],
-                                   ["--lr", "-1"], ["--head", "fcn"], ["--backbone-option", "width"]])
+                                   ["--lr", "-1"], ["--head", "fcn"], ["--backbone-option", "width"],
+                                   ["--aspp-rates", "0,2"], ["--aspp-rates", "1.5"]])
 def test_train_seg_rejects_bad_flags(demo, tmp_path, flags, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(train_args(demo, tmp_path / "run", *flags))

@@ -1,4 +1,4 @@
-"""``wsss-fast train-seg``: trains DeepLab (ASPP or LargeFOV) on label maps."""
+"""``wsss-fast train-seg``: trains DeepLab (ASPP, LargeFOV or decoder head) on label maps."""
 from __future__ import annotations
 
 import argparse
@@ -29,10 +29,15 @@ def _factors(text: str) -> tuple[float, ...]:
     return tuple(positive_float(t) for t in text.split(","))
 
 
+def _rates(text: str) -> tuple[int, ...]:
+    return tuple(int_at_least(1)(t) for t in text.split(","))
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train-seg", help="train DeepLab on pseudo-label PNGs",
-        description="DeepLab-v2 ASPP (default: ResNet-101) or DeepLab-LargeFOV (VGG-16) trained with "
+        description="DeepLab-v2 ASPP (default: ResNet-101), DeepLab-LargeFOV (VGG-16) or wsss-fast's decoder "
+                    "head trained with "
                     "cross-entropy on label maps (255 ignored), with the references' settings. Writes "
                     "OUT/checkpoint.pt each epoch, OUT/log.jsonl and OUT/final.pt.")
     p.add_argument("--voc", type=Path, required=True, metavar="ROOT", help="VOC-style root (images)")
@@ -40,7 +45,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", type=Path, required=True, metavar="DIR",
                    help="label PNGs <name>.png for every image of the split (pseudo labels; 255 ignored)")
     p.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="run folder")
-    p.add_argument("--head", choices=("aspp", "largefov"), default="aspp", help="segmentation head (default aspp)")
+    p.add_argument("--head", choices=("aspp", "largefov", "decoder"), default="aspp",
+                   help="segmentation head: aspp (DeepLab-v2, default), largefov (DeepLab-LargeFOV) or decoder "
+                        "(not in the references: a nonlinear ASPP and DeepLab-v3+'s stride-4 decoder, for light "
+                        "backbones on small images; needs a backbone with a stride-4 map, e.g. efficientnet_lite0)")
+    p.add_argument("--aspp-rates", type=_rates, metavar="R,R,...",
+                   help="dilation rates of the ASPP branches (aspp and decoder heads; default 6,12,18,24, "
+                        "DeepLab-v2's for 321 px crops; the demo's 128 px images take 1,2,3,4)")
     p.add_argument("--backbone", metavar="NAME",
                    help="registry backbone (default: resnet101 for aspp, vgg16_d1 without DRS and without "
                         "its extra convolutions for largefov)")
@@ -85,6 +96,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--reference", action="store_true",
                    help=f"deeplab-pytorch's recipe: {' '.join(REFERENCE_FLAGS)} (the option for the default "
                         "resnet101 backbone; give --weights deeplabv1_resnet101-coco.pth); flags given explicitly win")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in channels-last memory order (same values; faster depthwise convolutions on "
+                        "the CPU, e.g. efficientnet_lite0's: about 1.5x per step on the demo)")
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     add_device_flags(p)
@@ -129,8 +143,10 @@ def run(args: argparse.Namespace) -> None:
         None if args.epochs is not None else ITERATIONS)
     cfg = replace(TRAIN_DEFAULTS, epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, poly_every=poly_every,
+                  channels_last=args.channels_last,
                   num_workers=TRAIN_DEFAULTS.num_workers if args.num_workers is None else args.num_workers)
-    final = train_segmentation(args.voc, args.split, args.labels, args.out, head=args.head,
+    rates = {"aspp_rates": args.aspp_rates} if args.aspp_rates else {}
+    final = train_segmentation(args.voc, args.split, args.labels, args.out, head=args.head, **rates,
                                backbone=args.backbone, backbone_options=options,
                                weights=args.weights, classifier=args.init,
                                cfg=cfg, iterations=iterations, recipe=recipe,

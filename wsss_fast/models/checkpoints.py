@@ -17,7 +17,9 @@ network::
     head_bias         classifiers only: whether the class head has a bias
                       (absent: False)
     method            "cam", "drs" or "sccam" (refine: the classifier's, "drs")
-    head              segmentation only: "aspp" or "largefov"
+    head              segmentation only: "aspp", "largefov" or "decoder"
+    aspp_rates        segmentation only: the ASPP's dilation rates (absent:
+                      DeepLab-v2's 6, 12, 18, 24)
     radius, head_norm affinity only: pair radius and the head's normalisation
     radius, crop      irn only: training pair radius and crop (the walk pads
                       images to the crop, as IRN)
@@ -36,7 +38,7 @@ from ..errors import UsageError
 from ..training import FINAL, load_final
 from .affinity_net import AffinityNet
 from .classifier import Classifier
-from .deeplab import DeepLab
+from .deeplab import ASPP_RATES, DeepLab
 from .irn import BoundaryNet
 from .refine import RefineNet
 from .registry import build_backbone
@@ -90,7 +92,8 @@ def build_model(state: dict, meta: dict, path: str | os.PathLike) -> nn.Module:
                            dropout=float(meta.get("dropout") or 0.0),
                            head_bias=bool(meta.get("head_bias", False)))
     elif meta["kind"] == "segmentation":
-        model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"))
+        model = DeepLab(backbone, int(meta["num_classes"]), meta.get("head", "aspp"),
+                        meta.get("aspp_rates", ASPP_RATES))
     elif meta["kind"] == "affinity":
         model = AffinityNet(backbone, radius=int(meta["radius"]), head_norm=meta["head_norm"])
     elif meta["kind"] == "irn":

@@ -3,7 +3,11 @@ DeepLab-v2 ASPP on any backbone (ResNet-101 in the references) and
 DeepLab-LargeFOV on VGG-16.
 
 Both heads map the backbone's stride-8 features to per-class logits at the
-same stride; :class:`DeepLab` returns those logits, and the caller brings them
+same stride. A third head, "decoder" (:class:`DecoderHead`, not in the
+references), is for light backbones on small images: a nonlinear ASPP on the
+stride-8 features and DeepLab-v3+'s decoder, which brings in the backbone's
+stride-4 map and gives logits at stride 4. :class:`DeepLab` returns the
+logits, and the caller brings them
 to the label size (training upsamples them bilinearly, or shrinks the labels
 to them, see :func:`segmentation_loss`; inference upsamples them in
 :func:`wsss_fast.inference.multiscale_maps`). :func:`msc_logits` is
@@ -27,7 +31,7 @@ from ..palette import VOID
 from .backbone import Backbone, param_groups
 
 ASPP_RATES = (6, 12, 18, 24)
-HEADS = ("aspp", "largefov")
+HEADS = ("aspp", "largefov", "decoder")
 # Backbone name and options each head uses unless the user says otherwise.
 DEFAULT_BACKBONES = {
     "aspp": ("resnet101", {}),
@@ -37,27 +41,83 @@ DEFAULT_BACKBONES = {
 
 class ASPP(nn.Module):
     """DeepLab-v2 atrous spatial pyramid pooling: parallel 3x3 convolutions
-    with the given dilation rates straight to class logits, summed.
+    with the given dilation rates, summed.
 
-    Weights ~ N(0, 0.01), biases 0 (DeepLab-v2's prototxt and
-    kazuto1011/deeplab-pytorch). (N, in_channels, h, w) -> (N, num_classes, h, w).
+    As DeepLab-v2's head (``hidden`` False) they map straight to class logits:
+    weights ~ N(0, 0.01), biases 0 (DeepLab-v2's prototxt and
+    kazuto1011/deeplab-pytorch). With ``hidden`` their sum feeds a BatchNorm
+    and a ReLU (:class:`DecoderHead`): no biases, Kaiming-normal weights.
+    (N, in_channels, h, w) -> (N, out_channels, h, w).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = ASPP_RATES):
+    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = ASPP_RATES,
+                 hidden: bool = False):
         super().__init__()
         if not rates:
             raise ValueError("ASPP: needs at least one dilation rate")
+        if any(int(r) != r or r < 1 for r in rates):
+            raise ValueError(f"ASPP: dilation rates must be integers >= 1, got {list(rates)}")
         self.branches = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+            nn.Conv2d(in_channels, out_channels, 3, padding=r, dilation=r, bias=not hidden) for r in rates)
         for conv in self.branches:
-            nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
+            if hidden:
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
         for conv in self.branches[1:]:
             out = out + conv(x)
         return out
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    """Convolution (no bias, 'same' padding for odd kernels), BatchNorm, ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class DecoderHead(nn.Module):
+    """A segmentation head for light backbones (wsss-fast's, not the
+    references'): DeepLab-v2's summed ASPP made nonlinear, then
+    DeepLab-v3+'s decoder.
+
+    The coarse map (the backbone's output) goes through :class:`ASPP` with
+    ``hidden`` (to ``aspp_channels``), BatchNorm and ReLU, and is upsampled
+    (bilinear, align_corners False) to the fine map's grid; the fine map (the
+    first of the backbone's pyramid, stride 4) is projected by a 1x1
+    convolution to 48 channels (BatchNorm, ReLU, as DeepLab-v3+); both,
+    concatenated, go through a 3x3 convolution to ``fused_channels``
+    (BatchNorm, ReLU) and a 1x1 convolution to class logits, initialised to
+    zero (every class equal at the start). Other layers: PyTorch's default
+    initialisation.
+
+    DeepLab-v2's ASPP is linear on ResNet-101's 2048 channels; on
+    EfficientNet-Lite0's 112 it underfits its labels (issue 19's notes), and
+    stride-8 logits blur the small objects of 128 px images.
+
+    (N, coarse_channels, h, w), (N, fine_channels, H, W) -> (N, num_classes, H, W).
+    """
+
+    FINE_PROJECTION = 48
+
+    def __init__(self, coarse_channels: int, fine_channels: int, num_classes: int,
+                 rates: Sequence[int] = ASPP_RATES, aspp_channels: int = 128, fused_channels: int = 128):
+        super().__init__()
+        self.aspp = ASPP(coarse_channels, aspp_channels, rates, hidden=True)
+        self.aspp_norm = nn.Sequential(nn.BatchNorm2d(aspp_channels), nn.ReLU(inplace=True))
+        self.fine = conv_bn_relu(fine_channels, self.FINE_PROJECTION, 1)
+        self.fuse = conv_bn_relu(aspp_channels + self.FINE_PROJECTION, fused_channels, 3)
+        self.classifier = nn.Conv2d(fused_channels, num_classes, 1)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        context = self.aspp_norm(self.aspp(coarse))
+        context = F.interpolate(context, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat([context, self.fine(fine)], 1)))
 
 
 class LargeFOV(nn.Module):
@@ -93,25 +153,44 @@ class DeepLab(nn.Module):
     """A backbone and a segmentation head.
 
     Args:
-        backbone: (N, 3, H, W) -> (N, D, ceil(H / 8), ceil(W / 8)) features.
+        backbone: (N, 3, H, W) -> (N, D, ceil(H / 8), ceil(W / 8)) features;
+            for the "decoder" head also ``forward_pyramid``, whose first map
+            is finer than the output (stride 4).
         num_classes: classes including background.
-        head: "aspp" or "largefov".
+        head: "aspp", "largefov" or "decoder".
+        rates: the ASPP's dilation rates ("aspp" and "decoder"; DeepLab-v2's
+            6, 12, 18, 24 are set for 321 px crops, a 41-cell grid at stride
+            8; on a 12-16 cell grid most of their taps fall outside the map).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, head: str = "aspp"):
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "aspp",
+                 rates: Sequence[int] = ASPP_RATES):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"DeepLab: head must be one of {HEADS}, got {head!r}")
         if num_classes < 2:
             raise ValueError(f"DeepLab: num_classes (background included) must be >= 2, got {num_classes}")
+        if head == "largefov" and tuple(rates) != ASPP_RATES:
+            raise ValueError("DeepLab: the largefov head has no ASPP rates (its fc6 has dilation 12)")
+        if head == "decoder" and not backbone.pyramid_strides[0] < backbone.stride:
+            raise ValueError(f"DeepLab: the decoder head needs a backbone whose pyramid starts finer than its "
+                             f"stride-{backbone.stride} output; {type(backbone).__name__}'s starts at stride "
+                             f"{backbone.pyramid_strides[0]}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.head_name = head
-        self.head = (ASPP if head == "aspp" else LargeFOV)(backbone.out_channels, num_classes)
+        self.rates = tuple(int(r) for r in rates)
+        if head == "aspp":
+            self.head = ASPP(backbone.out_channels, num_classes, self.rates)
+        elif head == "largefov":
+            self.head = LargeFOV(backbone.out_channels, num_classes)
+        else:
+            self.head = DecoderHead(backbone.out_channels, backbone.pyramid_channels[0], num_classes, self.rates)
 
     def forward(self, x: torch.Tensor, msc: Sequence[float] = ()) -> torch.Tensor | list[torch.Tensor]:
         """(N, 3, H, W) normalised images -> (N, num_classes, h, w) logits at
-        the backbone's stride (h = ceil(H / 8) for stride 8); with ``msc``
+        the backbone's stride (h = ceil(H / 8) for stride 8; the decoder
+        head: its pyramid's first stride, ceil(H / 4)); with ``msc``
         scales, the list of :func:`msc_logits` (one forward call, so that
         DistributedDataParallel sees one pass per step)."""
         if msc:
@@ -119,6 +198,9 @@ class DeepLab(nn.Module):
         return self._logits(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_name == "decoder":
+            maps = self.backbone.forward_pyramid(x)
+            return self.head(maps[-1], maps[0])
         return self.head(self.backbone(x))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

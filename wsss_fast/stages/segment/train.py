@@ -25,6 +25,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from ...data.dataset import collate_skip_none
 from ...data.labelled import LabelledImages
 from ...errors import UsageError
 from ...models.initial import BackboneInit, initial_backbone
-from ...models.deeplab import DEFAULT_BACKBONES, HEADS, LOSS_AT, DeepLab, segmentation_loss
+from ...models.deeplab import ASPP_RATES, DEFAULT_BACKBONES, HEADS, LOSS_AT, DeepLab, segmentation_loss
 from ...models.resnet101 import CAFFE_MEAN_BGR
 from ...training import EpochDataset, TrainConfig, Trainer
 from ...transforms import PAD_AT, TrainAugment
@@ -134,7 +135,8 @@ def segment_loss(recipe: SegRecipe):
 
 
 def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str | os.PathLike,
-                       out_dir: str | os.PathLike, *, head: str = "aspp", backbone: str | None = None,
+                       out_dir: str | os.PathLike, *, head: str = "aspp",
+                       aspp_rates: Sequence[int] = ASPP_RATES, backbone: str | None = None,
                        backbone_options: dict | None = None, weights: str | os.PathLike | None = None,
                        classifier: str | os.PathLike | None = None,
                        cfg: TrainConfig = TRAIN_DEFAULTS, iterations: int | None = ITERATIONS,
@@ -144,7 +146,9 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
     ``<labels_dir>/<name>.png`` (255 ignored); returns the path of final.pt.
 
     Args:
-        head: "aspp" (DeepLab-v2) or "largefov".
+        head: "aspp" (DeepLab-v2), "largefov" or "decoder" (wsss-fast's, for
+            light backbones: :class:`~wsss_fast.models.deeplab.DecoderHead`).
+        aspp_rates: dilation rates of the ASPP ("aspp" and "decoder").
         backbone, backbone_options: registry name and options (default: the
             head's, :data:`~wsss_fast.models.deeplab.DEFAULT_BACKBONES`).
         weights: backbone weights file (ImageNet or COCO-pretrained), given
@@ -158,11 +162,13 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
         recipe: augmentation, multi-scale inputs and loss (:class:`SegRecipe`).
 
     final.pt's metadata: ``kind`` "segmentation", ``backbone``,
-    ``backbone_options``, ``head``, ``num_classes`` (background included),
+    ``backbone_options``, ``head``, ``aspp_rates``, ``num_classes`` (background included),
     ``class_names``.
     """
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head == "largefov" and tuple(aspp_rates) != ASPP_RATES:
+        raise UsageError("ASPP rates are for the aspp and decoder heads; largefov has none")
     if iterations is not None and iterations < 1:
         raise UsageError(f"iterations must be >= 1, got {iterations}")
     backbone_options = dict(backbone_options or {})
@@ -181,8 +187,12 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
     net, backbone_meta, how = initial_backbone(BackboneInit(backbone, backbone_options, weights, classifier))
     if progress:
         print(f"train-seg: {how}")
-    model = DeepLab(net, data.num_classes, head)
-    metadata = {"kind": "segmentation", **backbone_meta, "head": head, "num_classes": data.num_classes, "class_names": list(data.class_names)}
+    try:
+        model = DeepLab(net, data.num_classes, head, aspp_rates)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    metadata = {"kind": "segmentation", **backbone_meta, "head": head, "aspp_rates": list(model.rates),
+                "num_classes": data.num_classes, "class_names": list(data.class_names)}
     trainer = Trainer(model, model.param_groups(), cfg, out_dir, segment_loss(recipe), metadata=metadata, device=device,
                       progress=progress, desc="train-seg")
     return trainer.fit(EpochDataset(data, augment, cfg.seed), collate_skip_none, resume=resume)
