@@ -1,14 +1,13 @@
 """DeepLab segmentation networks of the final stage (SPEC.md, "DeepLab"):
-DeepLab-v2 ASPP on any backbone (ResNet-101 in the references) and
-DeepLab-LargeFOV on VGG-16.
+DeepLab-v2 ASPP on any backbone (ResNet-101 in the references),
+DeepLab-LargeFOV on VGG-16, and wsss-fast's decoder head.
 
-Both heads map the backbone's stride-8 features to per-class logits at the
-same stride. A third head, "decoder" (:class:`DecoderHead`, not in the
-references), is for light backbones on small images: a nonlinear ASPP on the
-stride-8 features and DeepLab-v3+'s decoder, which brings in the backbone's
-stride-4 map and gives logits at stride 4. :class:`DeepLab` returns the
-logits, and the caller brings them
-to the label size (training upsamples them bilinearly, or shrinks the labels
+The references' two heads map the backbone's stride-8 features to per-class
+logits at the same stride. The third, "decoder" (:class:`DecoderHead`), is
+for light backbones on small images: a nonlinear ASPP on the stride-8
+features and DeepLab-v3+'s decoder, which brings in the backbone's stride-4
+map and gives logits at stride 4. :class:`DeepLab` returns the logits, and
+the caller brings them to the label size (training upsamples them bilinearly, or shrinks the labels
 to them, see :func:`segmentation_loss`; inference upsamples them in
 :func:`wsss_fast.inference.multiscale_maps`). :func:`msc_logits` is
 deeplab-pytorch's multi-scale-input wrapper (MSC).
@@ -95,7 +94,7 @@ class DecoderHead(nn.Module):
     initialisation.
 
     DeepLab-v2's ASPP is linear on ResNet-101's 2048 channels; on
-    EfficientNet-Lite0's 112 it underfits its labels (issue 19's notes), and
+    EfficientNet-Lite0's 112 it underfits its labels (README, "Why DeepLab fell short"), and
     stride-8 logits blur the small objects of 128 px images.
 
     (N, coarse_channels, h, w), (N, fine_channels, H, W) -> (N, num_classes, H, W).
@@ -250,8 +249,9 @@ def shrink_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, at: str = "image") -> torch.Tensor:
-    """Cross-entropy of stride-8 ``logits`` (N, C, h, w) against label maps
-    ``target`` (N, H, W) int64 (255 ignored), averaged over labelled pixels.
+    """Cross-entropy of ``logits`` (N, C, h, w) (stride 8, or 4 with the
+    decoder head) against label maps ``target`` (N, H, W) int64 (255
+    ignored), averaged over labelled pixels.
 
     ``at`` "image" (default) upsamples the logits bilinearly
     (align_corners=False) to (H, W), so every labelled pixel counts; "logits"
