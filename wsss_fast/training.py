@@ -205,9 +205,8 @@ class Trainer:
                              "each needs at least one image per step")
         self.device = distributed.local_device(device)
         self.module = model.to(self.device)  # the network itself: its state dict is what gets saved
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if cfg.channels_last:
-            self.module = self.module.to(memory_format=self.memory_format)
+            self.module = self.module.to(memory_format=torch.channels_last)
         self.model = self.module             # what loss_fn gets: the DDP wrapper under torchrun
         if self.world > 1:
             distributed.join(self.device)
@@ -228,13 +227,13 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def _to_device(self, value):
-        """A batch entry on the device; 4-D floating-point tensors in the
-        configured memory order."""
+        """A batch entry on the device; with ``channels_last``, 4-D
+        floating-point tensors in that memory order."""
         if not isinstance(value, torch.Tensor):
             return value
         value = value.to(self.device, non_blocking=True)
-        if value.dim() == 4 and value.is_floating_point():
-            value = value.contiguous(memory_format=self.memory_format)
+        if self.cfg.channels_last and value.dim() == 4 and value.is_floating_point():
+            value = value.contiguous(memory_format=torch.channels_last)
         return value
 
     def _save_checkpoint(self, epoch: int) -> None:
