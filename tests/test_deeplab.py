@@ -250,7 +250,7 @@ def test_decoder_head_trains_and_its_rates_travel_with_the_checkpoint(demo, tmp_
     assert len(labels) == 8 and all(lab.shape == (48, 48) for lab in labels)
     capsys.readouterr()
     assert cli.main(train_args(demo, tmp_path / "b", "--head", "largefov", "--aspp-rates", "1,2")) == 2
-    assert "largefov has none" in capsys.readouterr().err
+    assert "the largefov head has no ASPP rates" in capsys.readouterr().err
 
 
 def test_channels_last_changes_the_memory_order_not_the_values(demo, tmp_path, monkeypatch):

@@ -167,8 +167,6 @@ def train_segmentation(voc_root: str | os.PathLike, split: str, labels_dir: str 
     """
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    if head == "largefov" and tuple(aspp_rates) != ASPP_RATES:
-        raise UsageError("ASPP rates are for the aspp and decoder heads; largefov has none")
     if iterations is not None and iterations < 1:
         raise UsageError(f"iterations must be >= 1, got {iterations}")
     backbone_options = dict(backbone_options or {})
